@@ -1,0 +1,30 @@
+"""Installs tfpar: `pip install .` (add `[test]` for the test tools)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfpar",
+    version="0.1.0",
+    description="Distributed training of Keras 3 models on TensorFlow, as easy as model.fit.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tfpar", "tfpar.*"]),
+    install_requires=[
+        # Keras 3 line; tested on 2.21.0. Capped because tfpar sets two of
+        # MirroredStrategy's internal hooks, checked against each release.
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.0",
+        "numpy",
+        "absl-py",
+        "scikit-learn",  # ships the UCI digits used by the default job
+    ],
+    extras_require={"test": ["pytest>=7", "tensorboard"]},
+    entry_points={
+        "console_scripts": [
+            "tfpar-train=tfpar.train:run",
+            "tfpar-bench=tfpar.bench.__main__:run",
+        ]
+    },
+)

@@ -1,0 +1,22 @@
+"""The benchmark CLI runs end to end on a tiny setting (no timing is asserted).
+
+It runs in its own process: it configures its own logical devices, and its
+native-Keras runs use plain MirroredStrategy objects, whose collective keys
+TensorFlow does not separate between instances in one process.
+"""
+
+import subprocess
+import sys
+
+
+def test_data_parallel_benchmark_reports_every_run():
+    completed = subprocess.run(
+        [sys.executable, "-m", "tfpar.bench", "data_parallel", "--devices=2", "--repeats=1",
+         "--epochs=2", "--samples=512", "--batch_size=128", "--width=32"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    for run in ("native", "tfpar", "single"):
+        assert f"\n{run:>6}" in out, out
+    assert "tfpar / native:" in out

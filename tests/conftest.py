@@ -1,0 +1,68 @@
+"""Shared test setup: 4 logical CPU devices, small models and data.
+
+TensorFlow fixes its device layout when it first initialises, so the split
+into 4 logical CPUs happens here, at collection time, before any test runs.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import tfpar  # noqa: E402
+
+DEVICES = tfpar.configure_devices(cpu=4)
+FEATURES, CLASSES = 12, 3
+
+
+def build_mlp(*, batch_norm: bool = False, seed: int = 0) -> keras.Model:
+    """A small MLP with fixed initial weights (same seed, same weights)."""
+    keras.utils.set_random_seed(seed)
+    return tfpar.models.mlp(FEATURES, CLASSES, hidden=(16, 8), batch_norm=batch_norm)
+
+
+def compile_model(model: keras.Model, optimizer: str = "sgd", **kwargs) -> keras.Model:
+    optimizers = {
+        "sgd": lambda: keras.optimizers.SGD(0.1, momentum=0.5),
+        "adam": lambda: keras.optimizers.Adam(0.01),
+    }
+    model.compile(
+        optimizer=optimizers[optimizer](),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        **kwargs,
+    )
+    return model
+
+
+def make_data(samples: int = 256, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(samples, FEATURES)).astype("float32")
+    y = rng.integers(0, CLASSES, size=samples).astype("int32")
+    return x, y
+
+
+def weights_of(model: keras.Model) -> list[np.ndarray]:
+    return [np.array(w) for w in model.get_weights()]
+
+
+def assert_same_weights(actual, expected, *, rtol=1e-5, atol=1e-6):
+    """Float32 round-off tolerance for "the same training".
+
+    Replicas sum gradients in a different order than one device does, so
+    each step's gradient differs by a few float32 ulps (eps = 1.2e-7). Over
+    the few steps these tests take, weights of order 1 drift by ~1e-7; the
+    bounds allow ~100 ulps and are far below what a real difference causes
+    (a wrong loss scale or a skipped step moves weights by >= 1e-3).
+    """
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
+
+
+@pytest.fixture
+def data():
+    return make_data()

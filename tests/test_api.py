@@ -1,0 +1,28 @@
+"""The public surface is small and pinned; public names are documented."""
+
+import inspect
+
+import tfpar
+
+
+def test_top_level_api_is_pinned():
+    assert sorted(tfpar.__all__) == [
+        "configure_devices", "datasets", "fit_distributed", "models", "strategies",
+    ]
+    assert sorted(tfpar.strategies.__all__) == ["DataParallel"]
+    assert sorted(tfpar.models.__all__) == ["mlp"]
+
+
+def test_public_callables_have_docstrings_with_an_example():
+    public = [tfpar.configure_devices, tfpar.fit_distributed, tfpar.strategies.DataParallel,
+              tfpar.models.mlp, tfpar.datasets.digits]
+    for item in public:
+        doc = inspect.getdoc(item) or ""
+        assert "Example:" in doc and ">>>" in doc, item.__qualname__
+
+
+def test_fit_distributed_has_fits_signature_plus_strategy():
+    parameters = inspect.signature(tfpar.fit_distributed).parameters
+    assert list(parameters)[:3] == ["model", "x", "y"]
+    assert parameters["strategy"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert parameters["strategy"].default == "mirrored"

@@ -1,0 +1,111 @@
+"""Bad input to fit_distributed: a clear error, and the caller's model untouched."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfpar
+from tfpar.strategies import DataParallel
+
+from conftest import build_mlp, compile_model, make_data, weights_of
+
+
+def state_of(model):
+    optimizer = model.optimizer
+    return (weights_of(model), optimizer.built if optimizer else None,
+            [np.array(v) for v in optimizer.variables] if optimizer else None)
+
+
+def assert_unchanged(model, before):
+    after = state_of(model)
+    for a, b in zip(after[0], before[0]):
+        np.testing.assert_array_equal(a, b)
+    assert after[1:2] == before[1:2]
+    for a, b in zip(after[2] or [], before[2] or []):
+        np.testing.assert_array_equal(a, b)
+
+
+class EmptySequence(keras.utils.PyDataset):
+    def __len__(self):
+        return 0
+
+    def __getitem__(self, index):
+        raise IndexError(index)
+
+
+x, y = make_data()
+CASES = {
+    "unknown strategy name": (dict(x=x, y=y, strategy="pipelined"),
+                              ValueError, r"Unknown strategy name 'pipelined'. Valid names: \['mirrored'\]"),
+    "not a strategy": (dict(x=x, y=y, strategy=3), TypeError, r"strategy must be a name.*Received: strategy=3"),
+    "batch not divisible": (dict(x=x, y=y, batch_size=30, strategy=DataParallel(4)),
+                            ValueError, r"divisible by the number of replicas \(4\).*batch_size=30.*28 or 32"),
+    "default batch not divisible": (dict(x=x, y=y, strategy=DataParallel(["cpu:0", "cpu:1", "cpu:2"])),
+                                    ValueError, r"batch_size=32"),
+    "empty arrays": (dict(x=x[:0], y=y[:0]), ValueError, r"training data is empty.*shape \(0, 12\)"),
+    "empty dataset": (dict(x=tf.data.Dataset.from_tensor_slices((x, y)).batch(8).take(0)),
+                      ValueError, r"empty.*cardinality 0"),
+    "empty PyDataset": (dict(x=EmptySequence()), ValueError, r"empty.*PyDataset of length 0"),
+    "unknown fit argument": (dict(x=x, y=y, batchsize=32), TypeError, r"unexpected argument\(s\) \['batchsize'\]"),
+}
+
+
+@pytest.mark.parametrize("kwargs, error, message", CASES.values(), ids=CASES.keys())
+def test_bad_input_is_a_clear_error_and_changes_nothing(kwargs, error, message):
+    model = compile_model(build_mlp())
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # some optimizer state to protect
+    before = state_of(model)
+    with pytest.raises(error, match=message):
+        tfpar.fit_distributed(model, verbose=0, **kwargs)
+    assert_unchanged(model, before)
+
+
+def test_uncompiled_model():
+    model = build_mlp()
+    before = weights_of(model)
+    with pytest.raises(ValueError, match=r"must be compiled.*model.compile\(optimizer=..., loss=...\)"):
+        tfpar.fit_distributed(model, x, y)
+    for a, b in zip(weights_of(model), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_not_a_model():
+    with pytest.raises(TypeError, match="keras.Model.*Received: model of type list"):
+        tfpar.fit_distributed([1, 2], x, y)
+
+
+def test_failure_during_training_leaves_the_model_as_it_was():
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                raise RuntimeError("boom")
+
+    model = compile_model(build_mlp(), "adam")
+    before = state_of(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        tfpar.fit_distributed(model, x, y, batch_size=32, verbose=0, callbacks=[Boom()],
+                              strategy=DataParallel(2))
+    assert_unchanged(model, before)
+    assert not model.optimizer.built
+
+
+def test_unclonable_subclassed_model_says_how_to_proceed():
+    class Opaque(keras.Model):
+        def __init__(self, helper):  # an argument Keras cannot serialise
+            super().__init__()
+            self.helper = helper
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Opaque(helper=object())
+    model(x[:1])
+    compile_model(model)
+    before = weights_of(model)
+    with pytest.raises(ValueError, match=r"could not recreate model.*strategy.scope\(\)"):
+        tfpar.fit_distributed(model, x, y, batch_size=32, strategy=DataParallel(2))
+    assert model.compiled
+    for a, b in zip(weights_of(model), before):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,16 @@
+"""tfpar: distributed training of Keras 3 models on TensorFlow, as easy as fit.
+
+Example:
+    >>> import tfpar
+    >>> tfpar.configure_devices(cpu=2)
+    >>> history = tfpar.fit_distributed(model, x, y, batch_size=64,
+    ...                                 strategy=tfpar.strategies.DataParallel(2))
+"""
+
+from tfpar import datasets, models, strategies
+from tfpar.devices import configure_devices
+from tfpar.fit import fit_distributed
+
+__version__ = "0.1.0"
+
+__all__ = ["configure_devices", "datasets", "fit_distributed", "models", "strategies"]

@@ -1,0 +1,146 @@
+"""`fit_distributed`: `model.fit`, spread over devices by a strategy."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+
+import keras
+import tensorflow as tf
+
+from tfpar import inputs, replica
+from tfpar.strategies import registry
+
+_FIT_ARGS = frozenset(inspect.signature(keras.Model.fit).parameters) - {"self", "x", "y"}
+
+
+def fit_distributed(
+    model: keras.Model,
+    x=None,
+    y=None,
+    *,
+    strategy="mirrored",
+    **fit_kwargs,
+) -> keras.callbacks.History:
+    """Trains `model` like `model.fit`, with its work spread by `strategy`.
+
+    A drop-in for `model.fit`: same arguments, same meaning (numpy arrays,
+    `tf.data.Dataset`, `keras.utils.PyDataset`, validation, callbacks,
+    `class_weight`, `sample_weight`, `initial_epoch`, ...), same `History`.
+    `batch_size` is the global batch, split evenly across replicas.
+
+    Build and compile the model as usual, outside any strategy scope: tfpar
+    recreates it under the strategy with identical weights, optimizer
+    configuration and state, loss and metrics, trains that twin, then writes
+    the trained weights and optimizer state back, so `model.evaluate`,
+    `model.predict` or `model.save` right after see the trained model.
+    Callbacks receive the twin during training (`self.model` is it) and the
+    caller's model afterwards. If training raises, the caller's model is left
+    exactly as it was. A model built inside a strategy's scope is trained in
+    place under that strategy.
+
+    With data parallel, a final batch smaller than `batch_size` is split
+    unevenly across replicas and, as in `tf.distribute`, its gradient is the
+    mean of the replicas' means; for results identical to one device, choose
+    a `batch_size` that divides the number of samples.
+
+    Args:
+      model: a compiled `keras.Model`.
+      x: training inputs, as for `model.fit`.
+      y: training targets, as for `model.fit`.
+      strategy: a tfpar strategy object, a name ("mirrored"), or any
+        `tf.distribute.Strategy`.
+      **fit_kwargs: any other argument of `keras.Model.fit`.
+
+    Returns:
+      The `keras.callbacks.History` of the run; `history.model` is `model`.
+
+    Example:
+        >>> model = tfpar.models.mlp(input_dim=64, num_classes=10)
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        >>> history = tfpar.fit_distributed(model, x, y, batch_size=64, epochs=2,
+        ...                                 strategy=tfpar.strategies.DataParallel(2))
+    """
+    replica.check_compiled(model)
+    _check_fit_args(fit_kwargs)
+    strategy = _strategy_for(model, strategy)
+    inputs.check_not_empty(x)
+    _check_batch(strategy, x, fit_kwargs)
+    if _home_strategy(model) is strategy:
+        with strategy.scope():
+            return model.fit(x, y, **fit_kwargs)
+    twin = replica.recreate(model, strategy.scope())
+    with strategy.scope():
+        history = twin.fit(x, y, **fit_kwargs)
+    replica.write_back(twin, model)
+    _hand_over(model, history, fit_kwargs.get("callbacks"))
+    return history
+
+
+def _check_fit_args(fit_kwargs: dict) -> None:
+    unknown = sorted(set(fit_kwargs) - _FIT_ARGS)
+    if unknown:
+        raise TypeError(
+            f"fit_distributed got unexpected argument(s) {unknown}. It takes "
+            f"keras.Model.fit's arguments: {sorted(_FIT_ARGS)}, plus strategy=."
+        )
+
+
+def _home_strategy(model: keras.Model):
+    """The strategy whose scope built `model`, or None."""
+    return getattr(model, "_distribute_strategy", None)
+
+
+def _strategy_for(model: keras.Model, requested) -> tf.distribute.Strategy:
+    home = _home_strategy(model)
+    if home is None:
+        return registry.resolve(requested)
+    if requested is home:
+        return home
+    if isinstance(requested, str) and isinstance(home, registry.class_for_name(requested)):
+        return home
+    raise ValueError(
+        f"Model {model.name!r} was built inside the scope of {home!r}, so it can "
+        f"only be trained under that strategy. Received: strategy={requested!r}. "
+        "Pass strategy=model.distribute_strategy, or build the model outside "
+        "any strategy scope and let fit_distributed recreate it."
+    )
+
+
+def _check_batch(strategy: tf.distribute.Strategy, x, fit_kwargs: dict) -> None:
+    replicas = strategy.num_replicas_in_sync
+    batch = inputs.global_batch(x, fit_kwargs)
+    if batch is None or replicas == 1:
+        return
+    if batch % replicas:
+        lower = max(replicas, batch // replicas * replicas)
+        raise ValueError(
+            f"batch_size is the global batch and must be divisible by the "
+            f"number of replicas ({replicas}) so that every replica gets an "
+            f"equal share. Received: batch_size={batch}. Use "
+            f"batch_size={lower} or {lower + replicas}."
+        )
+    count = inputs.sample_count(x)
+    if count is None:
+        return
+    # Keras keeps the first floor(n * (1 - validation_split)) samples to train.
+    train = math.floor(count * (1.0 - (fit_kwargs.get("validation_split") or 0.0)))
+    if train % batch:
+        warnings.warn(
+            f"{train} training samples do not divide into "
+            f"batches of {batch}: the last batch of each epoch is split unevenly "
+            f"across {replicas} replicas and weighted per replica, as in "
+            "tf.distribute, so it differs slightly from one-device training. "
+            "Choose a batch_size that divides the sample count for identical "
+            "results.",
+            stacklevel=3,
+        )
+
+
+def _hand_over(model: keras.Model, history: keras.callbacks.History, callbacks) -> None:
+    """Points History and the user's callbacks at the caller's model."""
+    history.set_model(model)
+    model.history = history
+    for callback in callbacks or ():
+        callback.set_model(model)

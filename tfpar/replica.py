@@ -1,0 +1,134 @@
+"""A compiled Keras model recreated inside a scope, and its state copied back.
+
+Keras creates a model's variables where the model is built: a model built
+outside any strategy has ordinary variables that a strategy cannot train.
+`recreate` builds a twin of the caller's model inside a scope (a strategy's,
+or later a device's) with the same architecture, weights, optimizer
+configuration and state, loss and metrics; `write_back` copies the trained
+weights and optimizer state into the caller's model, so that what the user
+holds afterwards is what `model.fit` would have left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import numpy as np
+
+_COMPILE_KEYS = (
+    "loss",
+    "loss_weights",
+    "metrics",
+    "weighted_metrics",
+    "run_eagerly",
+    "steps_per_execution",
+    "jit_compile",
+)
+
+
+def check_compiled(model) -> None:
+    """Raises a clear error unless `model` is a compiled Keras model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "fit_distributed trains a keras.Model. "
+            f"Received: model of type {type(model).__name__}."
+        )
+    if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
+        raise ValueError(
+            f"Model {model.name!r} must be compiled before training: call "
+            "model.compile(optimizer=..., loss=...) first, as for model.fit. "
+            "Received: an uncompiled model."
+        )
+
+
+def recreate(model: keras.Model, scope: contextlib.AbstractContextManager) -> keras.Model:
+    """Returns a compiled twin of `model` whose variables live in `scope`.
+
+    Raises:
+      ValueError: the model cannot be rebuilt from its config.
+    """
+    with scope:
+        twin = _clone(model)
+        if model.built and not twin.built:
+            twin.build_from_config(model.get_build_config())
+        if twin.built:
+            _copy_values(model.weights, twin.weights, "weights")
+        twin.compile(optimizer=_fresh_optimizer(model.optimizer), **_compile_args(model))
+        if model.optimizer.built:
+            twin.optimizer.build(twin.trainable_variables)
+            _copy_values(model.optimizer.variables, twin.optimizer.variables, "optimizer state")
+    return twin
+
+
+def write_back(trained: keras.Model, model: keras.Model) -> None:
+    """Copies weights and optimizer state from `trained` into `model`."""
+    if not model.built:
+        model.build_from_config(trained.get_build_config())
+    _copy_values(trained.weights, model.weights, "weights")
+    if trained.optimizer.built:
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        _copy_values(trained.optimizer.variables, model.optimizer.variables, "optimizer state")
+
+
+def _clone(model: keras.Model) -> keras.Model:
+    # clone_model also re-compiles a compiled model from its serialized
+    # config, which fails for unregistered custom losses and would build an
+    # optimizer we discard. The twin is compiled from the live objects
+    # instead, so the flag is lowered for the duration of the clone.
+    compiled = model.compiled
+    model.compiled = False
+    try:
+        return keras.models.clone_model(model, recursive=True)
+    except Exception as error:  # Keras raises many types for a bad config.
+        raise ValueError(
+            f"tfpar could not recreate model {model.name!r} under the strategy "
+            f"({type(error).__name__}: {_first_sentence(error)}). A subclassed model needs "
+            "get_config()/from_config(); alternatively build and compile the "
+            "model inside `strategy.scope()` and pass that strategy, and "
+            "fit_distributed uses the model as it is."
+        ) from error
+    finally:
+        model.compiled = compiled
+
+
+def _first_sentence(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text.split(". ")[0][:300]
+
+
+def _fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    # A new instance: the original's variables belong outside the scope.
+    return optimizer.__class__.from_config(optimizer.get_config())
+
+
+def _compile_args(model: keras.Model) -> dict:
+    config = model._compile_config.config  # pylint: disable=protected-access
+    args = {key: config[key] for key in _COMPILE_KEYS if key in config}
+    for key in ("metrics", "weighted_metrics"):
+        args[key] = _fresh_metrics(args.get(key))
+    return args
+
+
+def _fresh_metrics(metrics):
+    """Metric objects hold state variables; the twin needs its own."""
+    if isinstance(metrics, keras.metrics.Metric):
+        return metrics.__class__.from_config(metrics.get_config())
+    if isinstance(metrics, dict):
+        return {k: _fresh_metrics(v) for k, v in metrics.items()}
+    if isinstance(metrics, (list, tuple)):
+        return type(metrics)(_fresh_metrics(m) for m in metrics)
+    return metrics
+
+
+def _copy_values(sources, targets, what: str) -> None:
+    sources, targets = list(sources), list(targets)
+    shapes = [tuple(v.shape) for v in sources], [tuple(v.shape) for v in targets]
+    if shapes[0] != shapes[1]:
+        raise ValueError(
+            f"Cannot copy {what}: the two models differ. Source shapes: "
+            f"{shapes[0]}; target shapes: {shapes[1]}."
+        )
+    for source, target in zip(sources, targets):
+        target.assign(np.asarray(source.numpy()))
