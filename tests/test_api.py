@@ -7,14 +7,16 @@ import tfpar
 
 def test_top_level_api_is_pinned():
     assert sorted(tfpar.__all__) == [
-        "configure_devices", "datasets", "fit_distributed", "models", "strategies",
+        "configure_devices", "datasets", "describe_placement", "fit_distributed", "models",
+        "strategies",
     ]
-    assert sorted(tfpar.strategies.__all__) == ["DataParallel"]
+    assert sorted(tfpar.strategies.__all__) == ["DataParallel", "GPipe", "ModelSplit"]
     assert sorted(tfpar.models.__all__) == ["mlp"]
 
 
 def test_public_callables_have_docstrings_with_an_example():
     public = [tfpar.configure_devices, tfpar.fit_distributed, tfpar.strategies.DataParallel,
+              tfpar.strategies.ModelSplit, tfpar.strategies.GPipe, tfpar.describe_placement,
               tfpar.models.mlp, tfpar.datasets.digits]
     for item in public:
         doc = inspect.getdoc(item) or ""

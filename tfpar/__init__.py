@@ -10,7 +10,15 @@ Example:
 from tfpar import datasets, models, strategies
 from tfpar.devices import configure_devices
 from tfpar.fit import fit_distributed
+from tfpar.placement import describe_placement
 
 __version__ = "0.1.0"
 
-__all__ = ["configure_devices", "datasets", "fit_distributed", "models", "strategies"]
+__all__ = [
+    "configure_devices",
+    "datasets",
+    "describe_placement",
+    "fit_distributed",
+    "models",
+    "strategies",
+]

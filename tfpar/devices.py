@@ -26,6 +26,7 @@ def configure_devices(
     gpu: int | None = None,
     *,
     gpu_memory_mb: int = _DEFAULT_GPU_MEMORY_MB,
+    intra_op_threads: int | None = None,
 ) -> list[str]:
     """Splits each physical CPU and/or GPU into logical devices.
 
@@ -39,6 +40,10 @@ def configure_devices(
       cpu: number of logical devices per physical CPU, or None to leave CPUs.
       gpu: number of logical devices per physical GPU, or None to leave GPUs.
       gpu_memory_mb: memory limit of each logical GPU, in MiB.
+      intra_op_threads: threads one op may use (process-wide). Logical CPUs
+        share one thread pool; with 1, each op takes one core, so K logical
+        devices running concurrently behave like K single-core devices, as
+        pipeline and data-parallel benchmarks need. None keeps TF's default.
 
     Returns:
       The names of all logical devices, e.g. `['/device:CPU:0', ...]`.
@@ -62,11 +67,31 @@ def configure_devices(
             "configure_devices: `gpu` was given but this machine has no GPU. "
             f"Received: gpu={gpu}. Pass gpu=None, or use cpu=N."
         )
+    if intra_op_threads is not None:
+        _set_intra_op_threads(intra_op_threads)
     wanted = {"CPU": cpu, "GPU": gpu}
     for kind, count in wanted.items():
         if count is not None:
             _split(kind, count, gpu_memory_mb)
     return [d.name for d in tf.config.list_logical_devices()]
+
+
+def _set_intra_op_threads(threads: int) -> None:
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(
+            f"intra_op_threads must be a whole number >= 1. Received: {threads!r}."
+        )
+    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError as error:
+        raise RuntimeError(
+            "configure_devices must run before any other TensorFlow work: "
+            f"TensorFlow has already started and cannot change to "
+            f"intra_op_threads={threads}. Call tfpar.configure_devices(...) at "
+            "the top of your program."
+        ) from error
 
 
 def _split(kind: str, count: int, gpu_memory_mb: int) -> None:

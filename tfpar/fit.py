@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import math
-import warnings
 
 import keras
 import tensorflow as tf
 
 from tfpar import inputs, replica
-from tfpar.strategies import registry
+from tfpar.strategies import contract, registry
 
 _FIT_ARGS = frozenset(inspect.signature(keras.Model.fit).parameters) - {"self", "x", "y"}
 
@@ -49,8 +47,8 @@ def fit_distributed(
       model: a compiled `keras.Model`.
       x: training inputs, as for `model.fit`.
       y: training targets, as for `model.fit`.
-      strategy: a tfpar strategy object, a name ("mirrored"), or any
-        `tf.distribute.Strategy`.
+      strategy: a tfpar strategy object, a name ("mirrored", "split",
+        "gpipe"), or any `tf.distribute.Strategy`.
       **fit_kwargs: any other argument of `keras.Model.fit`.
 
     Returns:
@@ -66,14 +64,15 @@ def fit_distributed(
     _check_fit_args(fit_kwargs)
     strategy = _strategy_for(model, strategy)
     inputs.check_not_empty(x)
-    _check_batch(strategy, x, fit_kwargs)
+    runner = contract.for_strategy(strategy)
+    runner.check_fit(x, fit_kwargs)
     if _home_strategy(model) is strategy:
         with strategy.scope():
             return model.fit(x, y, **fit_kwargs)
-    twin = replica.recreate(model, strategy.scope())
-    with strategy.scope():
-        history = twin.fit(x, y, **fit_kwargs)
-    replica.write_back(twin, model)
+    trained = runner.recreate(model)
+    with runner.scope():
+        history = trained.fit(x, y, **fit_kwargs)
+    replica.write_back(trained, model)
     _hand_over(model, history, fit_kwargs.get("callbacks"))
     return history
 
@@ -106,36 +105,6 @@ def _strategy_for(model: keras.Model, requested) -> tf.distribute.Strategy:
         "Pass strategy=model.distribute_strategy, or build the model outside "
         "any strategy scope and let fit_distributed recreate it."
     )
-
-
-def _check_batch(strategy: tf.distribute.Strategy, x, fit_kwargs: dict) -> None:
-    replicas = strategy.num_replicas_in_sync
-    batch = inputs.global_batch(x, fit_kwargs)
-    if batch is None or replicas == 1:
-        return
-    if batch % replicas:
-        lower = max(replicas, batch // replicas * replicas)
-        raise ValueError(
-            f"batch_size is the global batch and must be divisible by the "
-            f"number of replicas ({replicas}) so that every replica gets an "
-            f"equal share. Received: batch_size={batch}. Use "
-            f"batch_size={lower} or {lower + replicas}."
-        )
-    count = inputs.sample_count(x)
-    if count is None:
-        return
-    # Keras keeps the first floor(n * (1 - validation_split)) samples to train.
-    train = math.floor(count * (1.0 - (fit_kwargs.get("validation_split") or 0.0)))
-    if train % batch:
-        warnings.warn(
-            f"{train} training samples do not divide into "
-            f"batches of {batch}: the last batch of each epoch is split unevenly "
-            f"across {replicas} replicas and weighted per replica, as in "
-            "tf.distribute, so it differs slightly from one-device training. "
-            "Choose a batch_size that divides the sample count for identical "
-            "results.",
-            stacklevel=3,
-        )
 
 
 def _hand_over(model: keras.Model, history: keras.callbacks.History, callbacks) -> None:

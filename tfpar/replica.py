@@ -12,6 +12,7 @@ holds afterwards is what `model.fit` would have left.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -42,23 +43,37 @@ def check_compiled(model) -> None:
         )
 
 
-def recreate(model: keras.Model, scope: contextlib.AbstractContextManager) -> keras.Model:
+def recreate(
+    model: keras.Model,
+    scope: contextlib.AbstractContextManager,
+    *,
+    clone_function: Callable | None = None,
+    wrap: Callable[[keras.Model], keras.Model] | None = None,
+) -> keras.Model:
     """Returns a compiled twin of `model` whose variables live in `scope`.
+
+    Args:
+      model: the caller's compiled model.
+      scope: where the twin's variables are created (a strategy's scope).
+      clone_function: builds each layer's twin (placement passes one that
+        creates each layer's variables on its stage's device).
+      wrap: turns the twin into the model that trains (a pipeline).
 
     Raises:
       ValueError: the model cannot be rebuilt from its config.
     """
     with scope:
-        twin = _clone(model)
+        twin = _clone(model, clone_function)
         if model.built and not twin.built:
             twin.build_from_config(model.get_build_config())
         if twin.built:
             _copy_values(model.weights, twin.weights, "weights")
-        twin.compile(optimizer=_fresh_optimizer(model.optimizer), **_compile_args(model))
+        trained = wrap(twin) if wrap else twin
+        trained.compile(optimizer=_fresh_optimizer(model.optimizer), **_compile_args(model))
         if model.optimizer.built:
-            twin.optimizer.build(twin.trainable_variables)
-            _copy_values(model.optimizer.variables, twin.optimizer.variables, "optimizer state")
-    return twin
+            trained.optimizer.build(trained.trainable_variables)
+            _copy_values(model.optimizer.variables, trained.optimizer.variables, "optimizer state")
+    return trained
 
 
 def write_back(trained: keras.Model, model: keras.Model) -> None:
@@ -72,7 +87,7 @@ def write_back(trained: keras.Model, model: keras.Model) -> None:
         _copy_values(trained.optimizer.variables, model.optimizer.variables, "optimizer state")
 
 
-def _clone(model: keras.Model) -> keras.Model:
+def _clone(model: keras.Model, clone_function: Callable | None) -> keras.Model:
     # clone_model also re-compiles a compiled model from its serialized
     # config, which fails for unregistered custom losses and would build an
     # optimizer we discard. The twin is compiled from the live objects
@@ -80,7 +95,9 @@ def _clone(model: keras.Model) -> keras.Model:
     compiled = model.compiled
     model.compiled = False
     try:
-        return keras.models.clone_model(model, recursive=True)
+        if clone_function is None:
+            return keras.models.clone_model(model, recursive=True)
+        return keras.models.clone_model(model, clone_function=clone_function)
     except Exception as error:  # Keras raises many types for a bad config.
         raise ValueError(
             f"tfpar could not recreate model {model.name!r} under the strategy "

@@ -12,7 +12,7 @@ class EpochTimer(keras.callbacks.Callback):
     """Records the wall time of each epoch.
 
     The first epoch includes tracing and graph building, so throughput is
-    taken from the later ones (`steady_seconds`).
+    taken from the later ones.
     """
 
     def __init__(self):
@@ -25,11 +25,6 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
-
-    def steady_seconds(self) -> float:
-        """Median epoch time after the first epoch."""
-        later = self.seconds[1:] or self.seconds
-        return statistics.median(later)
 
 
 def median(values: list[float]) -> float:

@@ -1,10 +1,14 @@
 """Strategies: how a model's training is spread over devices.
 
 One module per strategy. Those that TensorFlow's model fits are
-`tf.distribute.Strategy` subclasses (`DataParallel`); `registry` maps the
-names users pass to `fit_distributed` onto them.
+`tf.distribute.Strategy` subclasses (`DataParallel`); model splitting and
+pipelining are tfpar objects (`ModelSplit`, `GPipe`). `registry` maps the
+names users pass to `fit_distributed` onto them; `contract` is what
+`fit_distributed` asks of each.
 """
 
 from tfpar.strategies.data_parallel import DataParallel
+from tfpar.strategies.gpipe import GPipe
+from tfpar.strategies.model_split import ModelSplit
 
-__all__ = ["DataParallel"]
+__all__ = ["DataParallel", "GPipe", "ModelSplit"]

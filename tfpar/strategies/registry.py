@@ -5,9 +5,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfpar.strategies.data_parallel import DataParallel
+from tfpar.strategies.gpipe import GPipe
+from tfpar.strategies.model_split import ModelSplit
 
 # Each name maps to the class it builds with default arguments.
-_NAMES = {"mirrored": DataParallel}
+_NAMES = {"mirrored": DataParallel, "split": ModelSplit, "gpipe": GPipe}
 
 
 def names() -> list[str]:
@@ -31,7 +33,7 @@ def resolve(strategy) -> tf.distribute.Strategy:
                 "tf.distribute.Strategy."
             )
         return _NAMES[strategy]()
-    if isinstance(strategy, tf.distribute.Strategy):
+    if isinstance(strategy, (tf.distribute.Strategy, ModelSplit)):
         return strategy
     raise TypeError(
         "strategy must be a name, a tfpar strategy or a tf.distribute.Strategy. "

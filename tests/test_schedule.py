@@ -1,0 +1,62 @@
+import doctest
+import itertools
+
+import pytest
+
+import tfpar.schedule as schedule
+
+
+@pytest.mark.parametrize("name", schedule.SCHEDULES)
+@pytest.mark.parametrize("k, m", itertools.product([1, 2, 3, 5], [1, 2, 4, 8]))
+def test_every_stage_runs_each_micro_batch_forward_then_backward(name, k, m):
+    sequences = schedule.per_stage(name, k, m)
+    assert len(sequences) == k
+    for sequence in sequences:
+        assert sorted(sequence) == sorted([("F", i) for i in range(m)] + [("B", i) for i in range(m)])
+        for i in range(m):
+            assert sequence.index(("F", i)) < sequence.index(("B", i))
+    order = schedule.emission_order(sequences)
+    seen = set()
+    for stage, (kind, micro) in order:
+        if kind == "F" and stage > 0:
+            assert (stage - 1, ("F", micro)) in seen
+        if kind == "B" and stage < k - 1:
+            assert (stage + 1, ("B", micro)) in seen
+        seen.add((stage, (kind, micro)))
+    assert len(order) == 2 * k * m
+
+
+@pytest.mark.parametrize("k, m", [(2, 8), (4, 16), (3, 2)])
+def test_1f1b_bounds_activations_gpipe_holds_all(k, m):
+    for stage, sequence in enumerate(schedule.per_stage("1f1b", k, m)):
+        assert schedule.max_in_flight(sequence) == min(k - stage, m)
+        # The backward of micro-batch i starts before the forward of i + K.
+        for i in range(m - k):
+            assert sequence.index(("B", i)) < sequence.index(("F", i + k))
+    for sequence in schedule.per_stage("gpipe", k, m):
+        assert schedule.max_in_flight(sequence) == m
+
+
+def test_ideal_numbers():
+    assert schedule.ideal_speedup(2, 8) == pytest.approx(16 / 9)
+    assert schedule.bubble_fraction(4, 4) == pytest.approx(3 / 7)
+    assert schedule.ideal_speedup(1, 8) == 1.0
+
+
+def test_gpipe_clock_length_is_fill_plus_drain():
+    # With unit forward and double backward ticks: 3 * (M + K - 1) ticks.
+    events = schedule.clock(schedule.per_stage("gpipe", 4, 8))
+    assert max(start + (1 if t[0] == "F" else 2) for start, _, t in events) == 3 * (8 + 4 - 1)
+
+
+def test_deadlock_and_bad_arguments_are_errors():
+    with pytest.raises(ValueError, match="deadlocks"):
+        schedule.emission_order([[("B", 0), ("F", 0)], [("F", 0), ("B", 0)]])
+    with pytest.raises(ValueError, match=r"schedule must be one of \['gpipe', '1f1b'\]. Received: schedule='zb'"):
+        schedule.per_stage("zb", 2, 2)
+    with pytest.raises(ValueError, match="num_microbatches must be a whole number >= 1. Received: 0"):
+        schedule.per_stage("gpipe", 2, 0)
+
+
+def test_docstring_diagrams_hold():
+    assert doctest.testmod(schedule).failed == 0

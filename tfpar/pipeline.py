@@ -1,0 +1,243 @@
+"""The pipeline engine: micro-batches flowing through stages on devices.
+
+`PipelineModel` is a Keras model around a placed model cut into stages
+(`placement.Graph`). Its `train_step`:
+
+1. splits the batch into M micro-batches;
+2. runs each stage's forward and backward per micro-batch in the order a
+   schedule gives (`schedule.py`), each under its stage's `tf.device`, and
+   chains a stage's tasks with control dependencies so that a device runs
+   exactly one task at a time, in that order;
+3. computes every backward stage by stage with its own tape and
+   `output_gradients` from the next stage: one tape around the whole model
+   would leave the gradient ops unplaced and serialise the pipeline;
+4. sums the gradients over micro-batches and applies one optimizer update.
+
+The loss of micro-batch m is weighted by its share of the batch (n_m / n), so
+the summed gradient is the gradient of the batch's mean loss: the same
+training as one device. With `rematerialize`, a stage keeps only its
+boundary inputs; its forward is recomputed inside the backward (after the
+upstream gradient arrives, under `keras.StatelessScope` with the random
+seeds of the first pass, so BatchNormalization statistics are not updated
+twice and dropout masks repeat exactly).
+
+Inference (`evaluate`, `predict`) runs the stages in order on the whole batch.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfpar import schedule as schedule_lib
+from tfpar.placement import Graph
+
+
+class _Plan:
+    """Holds the stages out of Keras' attribute tracking: their layers are
+    the twin's, already tracked once through `PipelineModel.twin`."""
+
+    def __init__(self, graph: Graph, microbatches: int, schedule: str, rematerialize: bool):
+        self.graph = graph
+        self.microbatches = microbatches
+        self.rematerialize = rematerialize
+        sequences = schedule_lib.per_stage(schedule, len(graph.stages), microbatches)
+        self.order = schedule_lib.emission_order(sequences)
+
+
+class PipelineModel(keras.Model):
+    """A placed model trained by pipelining micro-batches through its stages.
+
+    Built by the ModelSplit and GPipe strategies; users meet it only as
+    `self.model` inside callbacks during `fit_distributed`.
+    """
+
+    def __init__(self, twin: keras.Model, graph: Graph, *, microbatches: int = 1,
+                 schedule: str = "gpipe", rematerialize: bool = False):
+        super().__init__(name=twin.name)
+        self.twin = twin
+        self._plan = _Plan(graph, microbatches, schedule, rematerialize)
+        self.output_names = getattr(graph.view, "output_names", None)
+        self.built = True
+
+    @property
+    def stages(self):
+        return self._plan.graph.stages
+
+    def call(self, inputs, training=False):
+        graph = self._plan.graph
+        env = dict(zip(graph.input_keys, graph.view._standardize_inputs(inputs)))  # pylint: disable=protected-access
+        for stage in graph.stages:
+            with tf.device(stage.device):
+                outputs = _run(stage, [env[k] for k in stage.input_keys], training)
+            env.update(zip(stage.output_keys, outputs))
+        return keras.tree.pack_sequence_as(graph.output_struct, [env[k] for k in graph.output_keys])
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        run = _Step(self, x, y, sample_weight)
+        for stage_index, (kind, micro) in self._plan.order:
+            if kind == "F":
+                run.forward(stage_index, micro)
+            else:
+                run.backward(stage_index, micro)
+        grads = run.gradients()
+        self.optimizer.apply(grads, self.trainable_variables)
+        y_pred = run.predictions()
+        self._loss_tracker.update_state(run.total_loss, sample_weight=run.batch)  # pylint: disable=protected-access
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
+class _Step:
+    """The bookkeeping of one training step: tensors, tapes, gradients."""
+
+    def __init__(self, model: PipelineModel, x, y, sample_weight):
+        self.model = model
+        plan = model._plan  # pylint: disable=protected-access
+        self.graph, self.rematerialize, m = plan.graph, plan.rematerialize, plan.microbatches
+        flat_x = self.graph.view._standardize_inputs(x)  # pylint: disable=protected-access
+        self.batch = tf.shape(flat_x[0])[0]
+        sizes = _split_sizes(self.batch, m)
+        self.sizes = tf.unstack(sizes, num=m)
+        split = lambda t: tf.split(t, sizes, num=m, axis=0)  # noqa: E731
+        xs = [split(t) for t in flat_x]
+        self.x = [[parts[i] for parts in xs] for i in range(m)]
+        self.y = _split_structure(y, split, m)
+        self.sample_weight = _split_structure(sample_weight, split, m)
+        self.env = [dict(zip(self.graph.input_keys, self.x[i])) for i in range(m)]
+        self.grad_env = [{} for _ in range(m)]
+        self.saved = {}  # (stage, micro) -> tape and tensors for its backward
+        self.last = {}  # stage -> tensors of its previous task, to chain on
+        self.var_grads = {}  # id(variable) -> accumulated gradient
+        self.total_loss = 0.0
+
+    def forward(self, index: int, micro: int) -> None:
+        stage = self.graph.stages[index]
+        env = self.env[micro]
+        with tf.device(stage.device), tf.control_dependencies(self.last.get(index, [])):
+            inputs = [env[k] for k in stage.input_keys]
+            if self.rematerialize:
+                state = _state_snapshot(stage)
+                outputs = _run(stage, inputs, True)
+                self.saved[(index, micro)] = (inputs, state)
+            else:
+                with tf.GradientTape() as tape:
+                    tape.watch(_differentiable(inputs))
+                    outputs = _run(stage, inputs, True)
+                self.saved[(index, micro)] = (inputs, tape, outputs)
+            env.update(zip(stage.output_keys, outputs))
+            done = list(outputs)
+            if index == len(self.graph.stages) - 1:
+                done += self._loss(micro)
+        self.last[index] = done
+
+    def backward(self, index: int, micro: int) -> None:
+        stage = self.graph.stages[index]
+        grad_env = self.grad_env[micro]
+        variables = stage.model.trainable_variables
+        with tf.device(stage.device), tf.control_dependencies(self.last.get(index, [])):
+            upstream = [grad_env.get(k) for k in stage.output_keys]
+            if self.rematerialize:
+                inputs, tape, outputs = self._recompute(stage, micro, upstream)
+            else:
+                inputs, tape, outputs = self.saved.pop((index, micro))
+            upstream = [tf.zeros_like(o) if g is None else g for o, g in zip(outputs, upstream)]
+            keys, sources = _differentiable_keyed(stage.input_keys, inputs)
+            grads = tape.gradient(outputs, sources + list(variables), output_gradients=upstream)
+            for key, grad in zip(keys, grads[: len(sources)]):
+                if key not in self.graph.input_keys:  # model inputs need no gradient
+                    self._add(grad_env, key, grad)
+            for variable, grad in zip(variables, grads[len(sources):]):
+                self._add(self.var_grads, id(variable), grad)
+        self.last[index] = [g for g in grads if g is not None] or self.last.get(index, [])
+
+    def _recompute(self, stage, micro, upstream):
+        inputs, state = self.saved.pop((stage.index, micro))
+        # Recompute only once the upstream gradient exists, or the executor
+        # would run it early and hold the activations it exists to drop.
+        with tf.control_dependencies([g for g in upstream if g is not None]):
+            inputs = [tf.identity(t) for t in inputs]
+        with keras.StatelessScope(state_mapping=state), tf.GradientTape() as tape:
+            tape.watch(_differentiable(inputs))
+            outputs = _run(stage, inputs, True)
+        return inputs, tape, outputs
+
+    def _loss(self, micro: int) -> list:
+        graph = self.graph
+        env = self.env[micro]
+        predictions = [env[k] for k in graph.output_keys]
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            tape.watch(predictions)
+            y_pred = keras.tree.pack_sequence_as(graph.output_struct, predictions)
+            loss = self.model.compute_loss(
+                x=self.x[micro], y=self.y[micro], y_pred=y_pred,
+                sample_weight=self.sample_weight[micro], training=True,
+            )
+            # Each micro-batch's mean loss counts by its share of the batch.
+            share = tf.cast(self.sizes[micro], loss.dtype) / tf.cast(self.batch, loss.dtype)
+            weighted = loss * share
+            scaled = self.model.optimizer.scale_loss(weighted)
+        grads = tape.gradient(scaled, predictions + list(variables))
+        for key, grad in zip(graph.output_keys, grads[: len(predictions)]):
+            self._add(self.grad_env[micro], key, grad)
+        # Direct paths from loss to weights (regularizers) bypass the stages.
+        for variable, grad in zip(variables, grads[len(predictions):]):
+            self._add(self.var_grads, id(variable), grad)
+        self.total_loss = self.total_loss + weighted
+        return [scaled]
+
+    def gradients(self) -> list:
+        return [self.var_grads.get(id(v)) for v in self.model.trainable_variables]
+
+    def predictions(self):
+        graph = self.graph
+        last = graph.stages[-1].device
+        with tf.device(last):
+            flat = [tf.concat([self.env[i][k] for i in range(len(self.env))], axis=0)
+                    for k in graph.output_keys]
+        return keras.tree.pack_sequence_as(graph.output_struct, flat)
+
+    @staticmethod
+    def _add(table: dict, key, grad) -> None:
+        if grad is None:
+            return
+        if isinstance(grad, tf.IndexedSlices):
+            grad = tf.convert_to_tensor(grad)
+        table[key] = grad if key not in table else table[key] + grad
+
+
+def _split_sizes(batch, parts: int):
+    """Near-equal sizes: the first batch % parts micro-batches get one more."""
+    base = batch // parts
+    extra = batch - base * parts
+    return base + tf.cast(tf.range(parts) < extra, batch.dtype)
+
+
+def _split_structure(structure, split, parts: int) -> list:
+    """Splits every tensor of a structure; returns one structure per part."""
+    if structure is None:
+        return [None] * parts
+    pieces = [split(t) for t in keras.tree.flatten(structure)]
+    return [keras.tree.pack_sequence_as(structure, [p[i] for p in pieces]) for i in range(parts)]
+
+
+def _differentiable(tensors) -> list:
+    return [t for t in tensors if t.dtype.is_floating or t.dtype.is_complex]
+
+
+def _differentiable_keyed(keys, tensors) -> tuple[list, list]:
+    pairs = [(k, t) for k, t in zip(keys, tensors) if t.dtype.is_floating or t.dtype.is_complex]
+    return [k for k, _ in pairs], [t for _, t in pairs]
+
+
+def _run(stage, inputs: list, training: bool) -> list:
+    """Calls a stage's sub-model; always returns a list of its outputs."""
+    outputs = stage.model(inputs, training=training)
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _state_snapshot(stage) -> list:
+    """Current values of a stage's non-trainable state (moving statistics,
+    random seeds), to replay its forward exactly during recomputation."""
+    return [(v, tf.identity(v.value)) for v in stage.model.variables if not v.trainable]

@@ -1,0 +1,253 @@
+"""Placing a Keras model's layers on devices, as contiguous stages.
+
+A model (Sequential or functional; a nested model counts as one layer) is
+read as its layers in topological order. `stage_sizes` splits that order
+into stages; `device_function` makes each layer's variables on its stage's
+device when the model is recreated; `build_stages` cuts the recreated model
+into one sub-model per stage, sharing its layers. A tensor that crosses
+stage boundaries (a skip connection, a second input) is carried to each
+stage that consumes it, on that stage's device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from tfpar import costs as costs_lib
+from tfpar import partition as partition_lib
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage: a sub-model of consecutive layers, run on one device.
+
+    `input_keys` / `output_keys` name the tensors that cross its boundary
+    (ids of the full model's symbolic tensors), in the sub-model's order.
+    """
+
+    index: int
+    device: str
+    model: keras.Model
+    input_keys: list[int]
+    output_keys: list[int]
+    layer_names: list[str]
+
+
+@dataclasses.dataclass
+class Graph:
+    """A model's layer graph cut into stages, ready to run."""
+
+    stages: list[Stage]
+    input_keys: list[int]
+    output_keys: list[int]
+    output_struct: object
+    view: keras.Model
+
+
+def functional_view(model: keras.Model) -> keras.Model:
+    """The model as a functional graph (a Sequential's layers, unchanged).
+
+    Raises:
+      ValueError: a subclassed or unbuilt model, which has no layer graph.
+    """
+    if isinstance(model, keras.Sequential):
+        try:
+            return keras.Model(model.inputs, model.outputs, name=model.name)
+        except (AttributeError, ValueError) as error:
+            raise _no_graph(model, "it is not built from an Input") from error
+    if hasattr(model, "operations") and getattr(model, "_inputs_struct", None) is not None:
+        return model
+    raise _no_graph(model, "it is a subclassed model")
+
+
+def operations(model: keras.Model) -> list:
+    """The model's layers and ops in topological order, inputs left out."""
+    view = functional_view(model)
+    return [op for op in view.operations if not isinstance(op, keras.layers.InputLayer)]
+
+
+def stage_sizes(
+    model: keras.Model,
+    num_stages: int,
+    balance,
+    *,
+    device_speeds: Sequence[float] | None = None,
+) -> list[int]:
+    """How many consecutive layers each stage gets.
+
+    Args:
+      balance: "params" | "flops" | "time" (balance that cost) or an explicit
+        list of layer counts per stage.
+    """
+    ops = operations(model)
+    if not isinstance(balance, str):
+        return partition_lib.check_sizes(balance, len(ops), num_stages)
+    costs = costs_lib.layer_costs(ops, balance)
+    return partition_lib.partition(costs, num_stages, device_speeds=device_speeds)
+
+
+def device_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]):
+    """A `clone_function` that builds each layer on its stage's device."""
+    device_of = {}
+    for op, stage in zip(operations(model), _stage_index(sizes)):
+        device_of[op.name] = devices[stage]
+
+    def clone(layer):
+        device = device_of.get(layer.name, devices[0])
+        with tf.device(device):
+            if isinstance(layer, keras.Model):
+                return keras.models.clone_model(layer)
+            twin = layer.__class__.from_config(layer.get_config())
+            if layer.built:
+                twin.build_from_config(layer.get_build_config())
+            return twin
+
+    return clone
+
+
+def build_stages(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]) -> Graph:
+    """Cuts a (placed) model into one sub-model per stage.
+
+    Raises:
+      ValueError: a layer used more than once, which a split cannot place.
+    """
+    view = functional_view(model)
+    ops = operations(view)
+    _check_not_shared(ops)
+    stage_of_op = _stage_index(sizes)
+    produced = {}  # tensor key -> stage that makes it (-1: a model input)
+    for tensor in view.inputs:
+        produced[id(tensor)] = -1
+    for op, stage in zip(ops, stage_of_op):
+        for tensor in _flat(op.output):
+            produced[id(tensor)] = stage
+    output_keys = [id(t) for t in view.outputs]
+    needed_after = {}  # tensor key -> last stage that consumes it
+    for op, stage in zip(ops, stage_of_op):
+        for tensor in _flat(op.input):
+            needed_after[id(tensor)] = max(needed_after.get(id(tensor), -1), stage)
+    tensors = {id(t): t for op in ops for t in _flat(op.input) + _flat(op.output)}
+    tensors.update({id(t): t for t in view.inputs})
+    stages = []
+    for index, device in enumerate(devices):
+        members = [op for op, s in zip(ops, stage_of_op) if s == index]
+        inputs = _unique(
+            id(t) for op in members for t in _flat(op.input) if produced[id(t)] != index
+        )
+        outputs = [
+            key for key, s in produced.items()
+            if s == index and (needed_after.get(key, -1) > index or key in output_keys)
+        ]
+        sub_model = keras.Model(
+            [tensors[k] for k in inputs], [tensors[k] for k in outputs],
+            name=f"{view.name}_stage_{index}",
+        )
+        stages.append(Stage(index, device, sub_model, inputs, outputs, [op.name for op in members]))
+    struct = getattr(view, "_outputs_struct", view.outputs)
+    return Graph(stages, [id(t) for t in view.inputs], output_keys, struct, view)
+
+
+@dataclasses.dataclass
+class Placement:
+    """Which layers run where: returned and printed by `describe_placement`."""
+
+    rows: list[tuple]  # (stage, device, first..last layer, layers, params, flops)
+
+    def __str__(self) -> str:
+        header = ("stage", "device", "layers", "count", "params", "est. FLOPs/sample")
+        cells = [header] + [tuple(str(c) for c in r) for r in self.rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def placement_table(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]) -> Placement:
+    """The placement of `model` with `sizes` layers per stage on `devices`."""
+    ops = operations(model)
+    rows, start = [], 0
+    for index, (device, size) in enumerate(zip(devices, sizes)):
+        members = ops[start : start + size]
+        start += size
+        span = members[0].name if size == 1 else f"{members[0].name} .. {members[-1].name}"
+        rows.append((
+            index, device, span, size,
+            f"{sum(costs_lib.params(op) for op in members):,}",
+            f"{sum(costs_lib.flops(op) for op in members):,}",
+        ))
+    return Placement(rows)
+
+
+def _stage_index(sizes: Sequence[int]) -> list[int]:
+    return [stage for stage, size in enumerate(sizes) for _ in range(size)]
+
+
+def _check_not_shared(ops) -> None:
+    # A layer called twice has two inbound nodes; its two uses could fall in
+    # different stages, and one layer's variables live on one device.
+    shared = [op.name for op in ops if len(getattr(op, "_inbound_nodes", [])) > 1]
+    if shared:
+        raise ValueError(
+            f"Layers used more than once (shared) cannot be split into stages. "
+            f"Received a model that reuses: {shared}. Give each use its own layer."
+        )
+
+
+def _flat(structure) -> list:
+    return [t for t in keras.tree.flatten(structure) if isinstance(t, keras.KerasTensor)]
+
+
+def _unique(keys) -> list:
+    seen = []
+    for key in keys:
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def _no_graph(model, why: str) -> ValueError:
+    return ValueError(
+        f"Model splitting needs a Sequential or functional model whose layers "
+        f"form a graph; {model.name!r} cannot be split because {why}. Build it "
+        "with keras.Input(...) and the functional API (a nested model counts "
+        "as one layer), or use a data-parallel strategy."
+    )
+
+
+def describe_placement(model: keras.Model, strategy, *, show: bool = True) -> Placement:
+    """Returns (and prints) which layers each device runs under `strategy`.
+
+    Args:
+      model: a built Sequential or functional model.
+      strategy: a ModelSplit / GPipe object, a name, or a tf.distribute
+        strategy (whose replicas each hold every layer).
+      show: print the table.
+
+    Example:
+        >>> tfpar.describe_placement(model, tfpar.strategies.GPipe(2))
+        stage  device         layers                count  params  est. FLOPs/sample
+        -----  -------------  --------------------  -----  ------  -----------------
+        0      /device:CPU:0  dense_0 .. dense_1    2      10,432  20,800
+        1      /device:CPU:1  logits                1      650     1,290
+    """
+    from tfpar.strategies import registry  # Late: strategies build on this module.
+
+    strategy = registry.resolve(strategy)
+    if hasattr(strategy, "describe"):
+        table = strategy.describe(model)
+    else:
+        ops = operations(model)
+        devices = list(strategy.extended.worker_devices)
+        table = Placement([
+            (i, d, f"all {len(ops)} layers (replica {i})", len(ops),
+             f"{sum(costs_lib.params(op) for op in ops):,}",
+             f"{sum(costs_lib.flops(op) for op in ops):,}")
+            for i, d in enumerate(devices)
+        ])
+    if show:
+        print(table)
+    return table

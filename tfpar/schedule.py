@@ -1,0 +1,151 @@
+"""Pipeline schedules: in what order each stage runs its micro-batches.
+
+Pure Python, no TensorFlow. A task is a forward ("F") or backward ("B") pass
+of one micro-batch on one stage. A schedule gives each stage its sequence of
+tasks; the pipeline engine emits them in `emission_order` and chains each
+stage's tasks in the graph, so a device runs them exactly in this order.
+
+Drawn by `render` with K=3 stages and M=4 micro-batches, a forward taking
+one tick and a backward two (its usual cost):
+
+    >>> print(render(per_stage("gpipe", 3, 4)))
+    stage 0 | F0 F1 F2 F3 .  .  .  .  .  .  B3 B3 B2 B2 B1 B1 B0 B0
+    stage 1 | .  F0 F1 F2 F3 .  .  .  B3 B3 B2 B2 B1 B1 B0 B0 .  .
+    stage 2 | .  .  F0 F1 F2 F3 B3 B3 B2 B2 B1 B1 B0 B0 .  .  .  .
+
+GPipe runs every forward, then every backward, so stage 0 holds all M
+micro-batches' activations at once. PipeDream-flush ("1f1b") lets stage s
+run K-1-s warm-up forwards, then alternate one forward and one backward: it
+starts the backward of micro-batch i before the forward of i+K and holds at
+most K-s micro-batches, with the same arithmetic and the same result:
+
+    >>> print(render(per_stage("1f1b", 3, 4)))
+    stage 0 | F0 F1 F2 .  .  .  .  B0 B0 F3 B1 B1 .  B2 B2 .  B3 B3
+    stage 1 | .  F0 F1 .  .  B0 B0 F2 B1 B1 F3 B2 B2 .  B3 B3 .  .
+    stage 2 | .  .  F0 B0 B0 F1 B1 B1 F2 B2 B2 F3 B3 B3 .  .  .  .
+"""
+
+from __future__ import annotations
+
+SCHEDULES = ("gpipe", "1f1b")
+
+Task = tuple  # ("F" | "B", micro-batch index)
+
+
+def per_stage(schedule: str, num_stages: int, num_microbatches: int) -> list[list[Task]]:
+    """Each stage's task sequence under `schedule`.
+
+    Raises:
+      ValueError: an unknown schedule name, or counts below 1.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}. Received: schedule={schedule!r}.")
+    for name, value in (("num_stages", num_stages), ("num_microbatches", num_microbatches)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1. Received: {value!r}.")
+    if schedule == "gpipe":
+        return [_gpipe(num_microbatches) for _ in range(num_stages)]
+    return [_one_f_one_b(s, num_stages, num_microbatches) for s in range(num_stages)]
+
+
+def _gpipe(m: int) -> list[Task]:
+    # Backward from the last micro-batch: its forward finished last.
+    return [("F", i) for i in range(m)] + [("B", i) for i in reversed(range(m))]
+
+
+def _one_f_one_b(stage: int, k: int, m: int) -> list[Task]:
+    warmup = min(k - 1 - stage, m)
+    tasks = [("F", i) for i in range(warmup)]
+    for i in range(m - warmup):
+        tasks += [("F", warmup + i), ("B", i)]
+    tasks += [("B", i) for i in range(m - warmup, m)]
+    return tasks
+
+
+def emission_order(sequences: list[list[Task]]) -> list[tuple[int, Task]]:
+    """A global order of (stage, task) that respects every dependency.
+
+    F(m) on stage s needs F(m) on s-1; B(m) on s needs B(m) on s+1 (and F(m)
+    on s, earlier in s's own sequence); each stage keeps its own order. The
+    order follows the ideal clock (`clock`), so emission tracks execution.
+
+    Raises:
+      ValueError: the sequences deadlock (no valid order exists).
+    """
+    return [(stage, task) for _, stage, task in clock(sequences)]
+
+
+def clock(sequences: list[list[Task]], forward_ticks: int = 1, backward_ticks: int = 2):
+    """Simulates the schedule with unit task costs; returns (start, stage, task).
+
+    Each stage starts its next task as soon as that task's inputs exist and
+    the stage is free: the ideal timeline the graph chaining reproduces.
+    """
+    k = len(sequences)
+    position = [0] * k
+    free_at = [0] * k
+    done: dict[tuple[int, Task], int] = {}
+    events = []
+    remaining = sum(len(s) for s in sequences)
+    while remaining:
+        ready = []
+        for stage in range(k):
+            if position[stage] == len(sequences[stage]):
+                continue
+            task = sequences[stage][position[stage]]
+            needs = _needs(stage, task, k)
+            if all(n in done for n in needs):
+                start = max([free_at[stage]] + [done[n] for n in needs])
+                ready.append((start, stage, task))
+        if not ready:
+            raise ValueError(f"The schedule deadlocks: stages stuck at {position} in {sequences}.")
+        start, stage, task = min(ready)
+        end = start + _ticks(task, forward_ticks, backward_ticks)
+        done[(stage, task)] = end
+        free_at[stage] = end
+        position[stage] += 1
+        remaining -= 1
+        events.append((start, stage, task))
+    return events
+
+
+def _needs(stage: int, task: Task, k: int) -> list[tuple[int, Task]]:
+    kind, micro = task
+    if kind == "F":
+        return [(stage - 1, ("F", micro))] if stage > 0 else []
+    upstream = [(stage + 1, ("B", micro))] if stage < k - 1 else []
+    return upstream + [(stage, ("F", micro))]
+
+
+def render(sequences: list[list[Task]]) -> str:
+    """Draws the ideal timeline of `sequences` as one text row per stage."""
+    events = clock(sequences)
+    ticks = max(start + _ticks(task) for start, _, task in events)
+    rows = [[".  "] * ticks for _ in sequences]
+    for start, stage, task in events:
+        for tick in range(start, start + _ticks(task)):
+            rows[stage][tick] = f"{task[0]}{task[1]:<2}"
+    return "\n".join(f"stage {i} | " + "".join(row).rstrip() for i, row in enumerate(rows))
+
+
+def _ticks(task: Task, forward_ticks: int = 1, backward_ticks: int = 2) -> int:
+    return forward_ticks if task[0] == "F" else backward_ticks
+
+
+def bubble_fraction(num_stages: int, num_microbatches: int) -> float:
+    """The ideal idle share of a fill-drain pipeline: (K-1) / (M+K-1)."""
+    return (num_stages - 1) / (num_microbatches + num_stages - 1)
+
+
+def ideal_speedup(num_stages: int, num_microbatches: int) -> float:
+    """Ideal speedup over naive model split: K*M / (M+K-1)."""
+    return num_stages * num_microbatches / (num_microbatches + num_stages - 1)
+
+
+def max_in_flight(sequence: list[Task]) -> int:
+    """Most micro-batches whose forward ran but backward did not, at once."""
+    live = peak = 0
+    for kind, _ in sequence:
+        live += 1 if kind == "F" else -1
+        peak = max(peak, live)
+    return peak

@@ -1,0 +1,88 @@
+"""The small contract every strategy meets inside `fit_distributed`.
+
+A strategy object knows how to check the fit arguments against its layout,
+recreate the caller's model for training, and give the scope training runs
+in. tfpar's own strategies that are not `tf.distribute` strategies
+(ModelSplit, GPipe) implement these three methods; `for_strategy` adapts
+any `tf.distribute.Strategy` to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Protocol
+
+import keras
+import tensorflow as tf
+
+from tfpar import inputs, replica
+
+
+class Runner(Protocol):
+    def check_fit(self, x, fit_kwargs: dict) -> None: ...
+
+    def recreate(self, model: keras.Model) -> keras.Model: ...
+
+    def scope(self) -> contextlib.AbstractContextManager: ...
+
+
+def for_strategy(strategy) -> Runner:
+    """The runner of a strategy: itself, or an adapter for tf.distribute."""
+    if isinstance(strategy, tf.distribute.Strategy):
+        return _Distribute(strategy)
+    return strategy
+
+
+def check_divisible(x, fit_kwargs: dict, parts: int, what: str, *, uneven_note: str) -> None:
+    """Checks the global batch splits into `parts`; warns on a short last batch.
+
+    Raises:
+      ValueError: `batch_size` is not divisible by `parts`.
+    """
+    batch = inputs.global_batch(x, fit_kwargs)
+    if batch is None or parts == 1:
+        return
+    if batch % parts:
+        lower = max(parts, batch // parts * parts)
+        raise ValueError(
+            f"batch_size is the global batch and must be divisible by the "
+            f"number of {what} ({parts}) so that each gets an equal share. "
+            f"Received: batch_size={batch}. Use batch_size={lower} or {lower + parts}."
+        )
+    count = inputs.sample_count(x)
+    if count is None:
+        return
+    # Keras keeps the first floor(n * (1 - validation_split)) samples to train.
+    train = math.floor(count * (1.0 - (fit_kwargs.get("validation_split") or 0.0)))
+    if train % batch:
+        warnings.warn(
+            f"{train} training samples do not divide into batches of {batch}: "
+            f"the last batch of each epoch is smaller. {uneven_note}",
+            stacklevel=4,
+        )
+
+
+class _Distribute:
+    """A `tf.distribute.Strategy` as a runner: a twin built in its scope."""
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        self.strategy = strategy
+
+    def check_fit(self, x, fit_kwargs: dict) -> None:
+        check_divisible(
+            x, fit_kwargs, self.strategy.num_replicas_in_sync, "replicas",
+            uneven_note=(
+                "It is split unevenly across replicas and weighted per replica, "
+                "as in tf.distribute, so it differs slightly from one-device "
+                "training. Choose a batch_size that divides the sample count "
+                "for identical results."
+            ),
+        )
+
+    def recreate(self, model: keras.Model) -> keras.Model:
+        return replica.recreate(model, self.strategy.scope())
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        return self.strategy.scope()

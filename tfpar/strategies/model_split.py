@@ -1,0 +1,108 @@
+"""Naive model parallel: a model's layers split into stages on devices.
+
+The whole batch flows stage to stage; at any moment one device works and the
+others wait. It lets a model that does not fit on one device train, and it
+is the baseline a pipeline (`GPipe`) is measured against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import keras
+
+from tfpar import costs, placement, replica
+from tfpar import devices as devices_lib
+from tfpar.pipeline import PipelineModel
+from tfpar.strategies import contract
+
+
+class ModelSplit:
+    """Splits a model's layers into contiguous stages, one per device.
+
+    Args:
+      devices: an int N (the first N local devices), a list of names, or None
+        (every local device of the fastest kind). One stage per device, in
+        order; remote devices such as "/job:worker/task:1/device:CPU:0" work
+        once the cluster is connected.
+      balance: how layers are divided: "flops" (estimated forward FLOPs),
+        "params", "time" (measured forward time), or an explicit list of
+        layer counts per stage.
+      device_speeds: relative speed of each stage's device for mixed devices
+        (e.g. [8, 1] when the first is a GPU 8x the CPU); None means equal.
+
+    Example:
+        >>> tfpar.configure_devices(cpu=2)
+        >>> strategy = tfpar.strategies.ModelSplit(2, balance="params")
+        >>> history = tfpar.fit_distributed(model, x, y, strategy=strategy)
+    """
+
+    microbatches = 1
+    schedule = "gpipe"
+    rematerialize = False
+
+    def __init__(
+        self,
+        devices: int | Sequence[str] | None = None,
+        *,
+        balance: str | Sequence[int] = "flops",
+        device_speeds: Sequence[float] | None = None,
+    ):
+        self.devices = devices_lib.resolve(devices)
+        if isinstance(balance, str) and balance not in costs.KINDS:
+            raise ValueError(
+                f"balance must be one of {list(costs.KINDS)} or a list of layer "
+                f"counts per stage. Received: balance={balance!r}."
+            )
+        self.balance = balance if isinstance(balance, str) else list(balance)
+        self.device_speeds = None if device_speeds is None else list(device_speeds)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.devices)
+
+    def sizes(self, model: keras.Model) -> list[int]:
+        """Layers per stage for `model` under this strategy's balance."""
+        return placement.stage_sizes(
+            model, self.num_stages, self.balance, device_speeds=self.device_speeds
+        )
+
+    def describe(self, model: keras.Model) -> placement.Placement:
+        return placement.placement_table(model, self.devices, self.sizes(model))
+
+    # The fit_distributed contract (strategies/contract.py).
+
+    def check_fit(self, x, fit_kwargs: dict) -> None:
+        contract.check_divisible(
+            x, fit_kwargs, self.microbatches, "micro-batches",
+            uneven_note=(
+                "It is cut into near-equal micro-batches whose losses are "
+                "weighted by size, so training stays exact."
+            ),
+        )
+
+    def recreate(self, model: keras.Model) -> keras.Model:
+        if not model.built:
+            raise ValueError(
+                f"Model {model.name!r} must be built before it is split into "
+                "stages: give it a keras.Input(...) or call model.build(input_shape)."
+            )
+        sizes = self.sizes(model)
+
+        def pipeline(twin: keras.Model) -> PipelineModel:
+            graph = placement.build_stages(twin, self.devices, sizes)
+            return PipelineModel(twin, graph, microbatches=self.microbatches,
+                                 schedule=self.schedule, rematerialize=self.rematerialize)
+
+        return replica.recreate(
+            model, contextlib.nullcontext(),
+            clone_function=placement.device_function(model, self.devices, sizes),
+            wrap=pipeline,
+        )
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(devices={self.devices}, balance={self.balance!r})"
