@@ -11,13 +11,13 @@ def test_top_level_api_is_pinned():
         "strategies",
     ]
     assert sorted(tfpar.strategies.__all__) == ["DataParallel", "GPipe", "ModelSplit"]
-    assert sorted(tfpar.models.__all__) == ["mlp"]
+    assert sorted(tfpar.models.__all__) == ["mlp", "residual_cnn"]
 
 
 def test_public_callables_have_docstrings_with_an_example():
     public = [tfpar.configure_devices, tfpar.fit_distributed, tfpar.strategies.DataParallel,
               tfpar.strategies.ModelSplit, tfpar.strategies.GPipe, tfpar.describe_placement,
-              tfpar.models.mlp, tfpar.datasets.digits]
+              tfpar.models.mlp, tfpar.models.residual_cnn, tfpar.datasets.digits]
     for item in public:
         doc = inspect.getdoc(item) or ""
         assert "Example:" in doc and ">>>" in doc, item.__qualname__

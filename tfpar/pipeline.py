@@ -37,12 +37,21 @@ class _Plan:
     """Holds the stages out of Keras' attribute tracking: their layers are
     the twin's, already tracked once through `PipelineModel.twin`."""
 
-    def __init__(self, graph: Graph, microbatches: int, schedule: str, rematerialize: bool):
+    def __init__(self, graph: Graph, microbatches: int, schedule: str, rematerialize: bool,
+                 record_timeline: bool):
         self.graph = graph
         self.microbatches = microbatches
         self.rematerialize = rematerialize
         sequences = schedule_lib.per_stage(schedule, len(graph.stages), microbatches)
         self.order = schedule_lib.emission_order(sequences)
+        self.timeline = None
+        if record_timeline:
+            # Start and end time (seconds since the epoch) of each task of the
+            # last step, in `order`; read by the timeline tools.
+            with tf.device(graph.stages[0].device):
+                self.timeline = tf.Variable(
+                    tf.zeros((len(self.order), 2), tf.float64), trainable=False, name="pipeline_timeline"
+                )
 
 
 class PipelineModel(keras.Model):
@@ -53,16 +62,28 @@ class PipelineModel(keras.Model):
     """
 
     def __init__(self, twin: keras.Model, graph: Graph, *, microbatches: int = 1,
-                 schedule: str = "gpipe", rematerialize: bool = False):
+                 schedule: str = "gpipe", rematerialize: bool = False,
+                 record_timeline: bool = False):
         super().__init__(name=twin.name)
         self.twin = twin
-        self._plan = _Plan(graph, microbatches, schedule, rematerialize)
+        self._plan = _Plan(graph, microbatches, schedule, rematerialize, record_timeline)
         self.output_names = getattr(graph.view, "output_names", None)
         self.built = True
 
     @property
     def stages(self):
         return self._plan.graph.stages
+
+    @property
+    def task_order(self) -> list:
+        """(stage, (kind, micro-batch)) of each task, in emission order."""
+        return self._plan.order
+
+    def last_timeline(self):
+        """Start and end seconds of each task of the last training step, in
+        `task_order`; None unless built with record_timeline=True."""
+        timeline = self._plan.timeline
+        return None if timeline is None else timeline.numpy()
 
     def call(self, inputs, training=False):
         graph = self._plan.graph
@@ -76,11 +97,18 @@ class PipelineModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         run = _Step(self, x, y, sample_weight)
+        timeline = self._plan.timeline
+        stamps = []
         for stage_index, (kind, micro) in self._plan.order:
+            start = run.stamp(stage_index, run.task_inputs(stage_index, kind, micro)) if timeline else None
             if kind == "F":
                 run.forward(stage_index, micro)
             else:
                 run.backward(stage_index, micro)
+            if timeline is not None:
+                stamps.append(tf.stack([start, run.stamp(stage_index, run.last[stage_index])]))
+        if timeline is not None:
+            timeline.assign(tf.stack(stamps))
         grads = run.gradients()
         self.optimizer.apply(grads, self.trainable_variables)
         y_pred = run.predictions()
@@ -110,6 +138,19 @@ class _Step:
         self.last = {}  # stage -> tensors of its previous task, to chain on
         self.var_grads = {}  # id(variable) -> accumulated gradient
         self.total_loss = 0.0
+
+    def stamp(self, index: int, after: list):
+        """The time once `after` exists, measured on stage `index`'s device."""
+        with tf.device(self.graph.stages[index].device), tf.control_dependencies(after):
+            return tf.timestamp()
+
+    def task_inputs(self, index: int, kind: str, micro: int) -> list:
+        """What a task waits for: its stage's previous task and its inputs."""
+        stage = self.graph.stages[index]
+        prev = list(self.last.get(index, []))
+        if kind == "F":
+            return prev + [self.env[micro][k] for k in stage.input_keys]
+        return prev + [g for g in (self.grad_env[micro].get(k) for k in stage.output_keys) if g is not None]
 
     def forward(self, index: int, micro: int) -> None:
         stage = self.graph.stages[index]
