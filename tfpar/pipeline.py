@@ -44,6 +44,7 @@ class _Plan:
         self.rematerialize = rematerialize
         sequences = schedule_lib.per_stage(schedule, len(graph.stages), microbatches)
         self.order = schedule_lib.emission_order(sequences)
+        self.accumulators = {}
         self.timeline = None
         if record_timeline:
             # Start and end time (seconds since the epoch) of each task of the
@@ -67,6 +68,16 @@ class PipelineModel(keras.Model):
         super().__init__(name=twin.name)
         self.twin = twin
         self._plan = _Plan(graph, microbatches, schedule, rematerialize, record_timeline)
+        # Gradients are summed over micro-batches in a buffer per weight, on
+        # the weight's device. Summing tensors instead lets Grappler's
+        # arithmetic optimizer fuse the chain of adds into one AddN that
+        # waits for, and holds, every micro-batch's gradient at once.
+        for variable in twin.trainable_variables:
+            with tf.device(variable.value.device):
+                self._plan.accumulators[id(variable)] = tf.Variable(
+                    tf.zeros(variable.shape, variable.dtype), trainable=False,
+                    name=f"{variable.path.replace('/', '_')}_grad_sum",
+                )
         self.output_names = getattr(graph.view, "output_names", None)
         self.built = True
 
@@ -136,7 +147,8 @@ class _Step:
         self.grad_env = [{} for _ in range(m)]
         self.saved = {}  # (stage, micro) -> tape and tensors for its backward
         self.last = {}  # stage -> tensors of its previous task, to chain on
-        self.var_grads = {}  # id(variable) -> accumulated gradient
+        self.accumulators = plan.accumulators
+        self.started = set()  # ids of weights whose buffer holds this step's sum
         self.total_loss = 0.0
 
     def stamp(self, index: int, after: list):
@@ -189,7 +201,7 @@ class _Step:
                 if key not in self.graph.input_keys:  # model inputs need no gradient
                     self._add(grad_env, key, grad)
             for variable, grad in zip(variables, grads[len(sources):]):
-                self._add(self.var_grads, id(variable), grad)
+                self._accumulate(variable, grad)
         self.last[index] = [g for g in grads if g is not None] or self.last.get(index, [])
 
     def _recompute(self, stage, micro, upstream):
@@ -224,12 +236,28 @@ class _Step:
             self._add(self.grad_env[micro], key, grad)
         # Direct paths from loss to weights (regularizers) bypass the stages.
         for variable, grad in zip(variables, grads[len(predictions):]):
-            self._add(self.var_grads, id(variable), grad)
+            with tf.device(variable.value.device):
+                self._accumulate(variable, grad)
         self.total_loss = self.total_loss + weighted
         return [scaled]
 
+    def _accumulate(self, variable, grad) -> None:
+        if grad is None:
+            return
+        if isinstance(grad, tf.IndexedSlices):
+            grad = tf.convert_to_tensor(grad)
+        buffer = self.accumulators[id(variable)]
+        if id(variable) in self.started:
+            buffer.assign_add(grad)
+        else:  # the first gradient of the step overwrites last step's sum
+            buffer.assign(grad)
+            self.started.add(id(variable))
+
     def gradients(self) -> list:
-        return [self.var_grads.get(id(v)) for v in self.model.trainable_variables]
+        return [
+            self.accumulators[id(v)].read_value() if id(v) in self.started else None
+            for v in self.model.trainable_variables
+        ]
 
     def predictions(self):
         graph = self.graph
