@@ -111,7 +111,7 @@ class PipelineModel(keras.Model):
         timeline = self._plan.timeline
         stamps = []
         for stage_index, (kind, micro) in self._plan.order:
-            start = run.stamp(stage_index, run.task_inputs(stage_index, kind, micro)) if timeline else None
+            start = run.stamp(stage_index, run.task_inputs(stage_index, kind, micro)) if timeline is not None else None
             if kind == "F":
                 run.forward(stage_index, micro)
             else:

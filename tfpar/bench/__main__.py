@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfpar.bench import data_parallel
+from tfpar.bench import data_parallel, pipeline
 
-BENCHMARKS = {"data_parallel": data_parallel}
+BENCHMARKS = {"data_parallel": data_parallel, "pipeline": pipeline}
 
 
 def run(argv: list[str] | None = None) -> dict:

@@ -30,6 +30,9 @@ class GPipe(ModelSplit):
         recompute the rest during the backward pass, trading compute for
         memory.
       device_speeds: relative speed of each stage's device, as for ModelSplit.
+      record_timeline: record when each stage ran each micro-batch's forward
+        and backward in the last step; read it from a callback with
+        `self.model.last_timeline()` (seconds) and `self.model.task_order`.
 
     BatchNormalization normalises each micro-batch with its own statistics in
     training, as in the GPipe paper, and updates its moving statistics once
@@ -55,6 +58,7 @@ class GPipe(ModelSplit):
         schedule: str = "gpipe",
         rematerialize: bool = False,
         device_speeds: Sequence[float] | None = None,
+        record_timeline: bool = False,
     ):
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
             raise ValueError(
@@ -68,6 +72,7 @@ class GPipe(ModelSplit):
         self.microbatches = microbatches
         self.schedule = schedule
         self.rematerialize = bool(rematerialize)
+        self.record_timeline = bool(record_timeline)
 
     def __repr__(self) -> str:
         return (

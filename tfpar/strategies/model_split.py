@@ -41,6 +41,7 @@ class ModelSplit:
     microbatches = 1
     schedule = "gpipe"
     rematerialize = False
+    record_timeline = False
 
     def __init__(
         self,
@@ -93,7 +94,8 @@ class ModelSplit:
         def pipeline(twin: keras.Model) -> PipelineModel:
             graph = placement.build_stages(twin, self.devices, sizes)
             return PipelineModel(twin, graph, microbatches=self.microbatches,
-                                 schedule=self.schedule, rematerialize=self.rematerialize)
+                                 schedule=self.schedule, rematerialize=self.rematerialize,
+                                 record_timeline=self.record_timeline)
 
         return replica.recreate(
             model, contextlib.nullcontext(),

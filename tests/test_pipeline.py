@@ -1,0 +1,75 @@
+"""The pipeline engine's own behaviour: schedule order on devices, timeline."""
+
+import keras
+import numpy as np
+
+import tfpar
+from tfpar.strategies import GPipe
+
+from conftest import build_mlp, compile_model, make_data
+
+
+class Capture(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.timeline = self.model.last_timeline()
+        self.order = self.model.task_order
+
+
+def run_with_timeline(schedule, microbatches=4):
+    x, y = make_data(64)
+    capture = Capture()
+    tfpar.fit_distributed(compile_model(build_mlp()), x, y, batch_size=32, verbose=0,
+                          strategy=GPipe(2, microbatches=microbatches, schedule=schedule,
+                                         record_timeline=True), callbacks=[capture])
+    return {task: interval for task, interval in zip(capture.order, capture.timeline)}
+
+
+def test_timeline_shows_each_stage_running_its_tasks_in_schedule_order():
+    for name in ("gpipe", "1f1b"):
+        intervals = run_with_timeline(name)
+        assert len(intervals) == 2 * 2 * 4
+        for (stage, (kind, micro)), (start, end) in intervals.items():
+            assert end >= start > 0
+            if kind == "F" and stage == 1:  # needs stage 0's output
+                assert start >= intervals[(0, ("F", micro))][1]
+            if kind == "B" and stage == 0:  # needs stage 1's gradient
+                assert start >= intervals[(1, ("B", micro))][1]
+        for stage in (0, 1):
+            tasks = [(s, t) for (s, t) in intervals if s == stage]
+            ends = [intervals[t][1] for t in tasks]
+            starts = [intervals[t][0] for t in tasks]
+            # Chained: a stage starts a task only after its previous task ended.
+            assert all(b >= a for a, b in zip(ends, starts[1:]))
+
+
+def test_1f1b_starts_a_backward_before_the_last_forward_on_stage_0():
+    intervals = run_with_timeline("1f1b")
+    assert intervals[(0, ("B", 0))][0] <= intervals[(0, ("F", 3))][0]
+    gpipe = run_with_timeline("gpipe")
+    assert gpipe[(0, ("B", 0))][0] >= gpipe[(0, ("F", 3))][1]
+
+
+def test_no_timeline_unless_asked():
+    x, y = make_data(32)
+    capture = Capture()
+    tfpar.fit_distributed(compile_model(build_mlp()), x, y, batch_size=32, verbose=0,
+                          strategy=GPipe(2, microbatches=2), callbacks=[capture])
+    assert capture.timeline is None
+
+
+def test_batch_norm_uses_micro_batch_statistics_and_moving_averages():
+    """Documented GPipe behaviour: statistics per micro-batch, moving stats
+    updated once per micro-batch; evaluation uses the moving statistics."""
+    x, y = make_data(32)
+    model = compile_model(build_mlp(batch_norm=True))
+    tfpar.fit_distributed(model, x, y, batch_size=32, verbose=0, shuffle=False,
+                          strategy=GPipe(2, microbatches=4))
+    bn = model.get_layer("bn_0")
+    # Replay by hand: 4 micro-batches of 8, each updating the moving mean.
+    keras.utils.set_random_seed(0)
+    reference = build_mlp(batch_norm=True)
+    hidden = reference.get_layer("dense_0")(x)
+    mean = np.zeros(16, "float32")
+    for i in range(4):
+        mean = mean * 0.99 + np.mean(np.array(hidden[i * 8:(i + 1) * 8]), axis=0) * 0.01
+    np.testing.assert_allclose(np.array(bn.moving_mean), mean, rtol=1e-5, atol=1e-7)
