@@ -96,6 +96,20 @@ class PipelineModel(keras.Model):
         timeline = self._plan.timeline
         return None if timeline is None else timeline.numpy()
 
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        # The twin shares the optimizer, so saving it (below) saves a
+        # compiled model with its optimizer state.
+        self.twin.compile(*args, **kwargs)
+
+    def save(self, filepath, *args, **kwargs):
+        """Saves the model in the caller's architecture (what callbacks such
+        as ModelCheckpoint write): the twin, whose weights these are."""
+        return self.twin.save(filepath, *args, **kwargs)
+
+    def save_weights(self, filepath, *args, **kwargs):
+        return self.twin.save_weights(filepath, *args, **kwargs)
+
     def call(self, inputs, training=False):
         graph = self._plan.graph
         env = dict(zip(graph.input_keys, graph.view._standardize_inputs(inputs)))  # pylint: disable=protected-access
