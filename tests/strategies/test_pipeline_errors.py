@@ -85,3 +85,13 @@ def test_final_partial_batch_stays_exact():
                               strategy=GPipe(2, microbatches=4))
     for a, b in zip(weights_of(m), weights_of(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_non_mean_loss_reduction_is_refused_when_micro_batching():
+    m = build_mlp()
+    m.compile(optimizer="sgd",
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"))
+    with pytest.raises(ValueError, match=r"reduction='sum'.*microbatches=1"):
+        tfpar.fit_distributed(m, x, y, batch_size=32, strategy=GPipe(2, microbatches=2), verbose=0)
+    # One micro-batch weighs 1: any reduction is exact.
+    tfpar.fit_distributed(m, x, y, batch_size=32, strategy=ModelSplit(2), verbose=0)

@@ -89,6 +89,8 @@ class ModelSplit:
                 f"Model {model.name!r} must be built before it is split into "
                 "stages: give it a keras.Input(...) or call model.build(input_shape)."
             )
+        if self.microbatches > 1:
+            _check_mean_losses(model)
         sizes = self.sizes(model)
 
         def pipeline(twin: keras.Model) -> PipelineModel:
@@ -108,3 +110,19 @@ class ModelSplit:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(devices={self.devices}, balance={self.balance!r})"
+
+
+def _check_mean_losses(model: keras.Model) -> None:
+    """Micro-batch losses are weighted by their share of the batch, which is
+    exact for losses averaged over the batch (Keras' default reduction)."""
+    losses = keras.tree.flatten(model._compile_config.config.get("loss"))  # pylint: disable=protected-access
+    for loss in losses:
+        reduction = getattr(loss, "reduction", "sum_over_batch_size")
+        if isinstance(loss, keras.losses.Loss) and reduction != "sum_over_batch_size":
+            raise ValueError(
+                "Pipelining weights each micro-batch's loss by its share of the "
+                "batch, which equals one-device training for losses averaged "
+                "over the batch (reduction='sum_over_batch_size', Keras' "
+                f"default). Received: loss {loss.name!r} with reduction={reduction!r}. "
+                "Use the default reduction, or microbatches=1."
+            )
