@@ -25,6 +25,7 @@ setup(
         "console_scripts": [
             "tfpar-train=tfpar.train:run",
             "tfpar-bench=tfpar.bench.__main__:run",
+            "tfpar-launch=tfpar.launch:run",
         ]
     },
 )

@@ -10,13 +10,14 @@ def test_top_level_api_is_pinned():
         "configure_devices", "datasets", "describe_placement", "fit_distributed", "models",
         "strategies",
     ]
-    assert sorted(tfpar.strategies.__all__) == ["DataParallel", "GPipe", "ModelSplit"]
+    assert sorted(tfpar.strategies.__all__) == ["DataParallel", "GPipe", "ModelSplit", "MultiWorker"]
     assert sorted(tfpar.models.__all__) == ["mlp", "residual_cnn"]
 
 
 def test_public_callables_have_docstrings_with_an_example():
     public = [tfpar.configure_devices, tfpar.fit_distributed, tfpar.strategies.DataParallel,
-              tfpar.strategies.ModelSplit, tfpar.strategies.GPipe, tfpar.describe_placement,
+              tfpar.strategies.ModelSplit, tfpar.strategies.GPipe, tfpar.strategies.MultiWorker,
+              tfpar.describe_placement,
               tfpar.models.mlp, tfpar.models.residual_cnn, tfpar.datasets.digits]
     for item in public:
         doc = inspect.getdoc(item) or ""

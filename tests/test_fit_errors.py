@@ -37,7 +37,7 @@ class EmptySequence(keras.utils.PyDataset):
 x, y = make_data()
 CASES = {
     "unknown strategy name": (dict(x=x, y=y, strategy="pipelined"),
-                              ValueError, r"Unknown strategy name 'pipelined'. Valid names: \['gpipe', 'mirrored', 'split'\]"),
+                              ValueError, r"Unknown strategy name 'pipelined'. Valid names: \['gpipe', 'mirrored', 'multi_worker', 'split'\]"),
     "not a strategy": (dict(x=x, y=y, strategy=3), TypeError, r"strategy must be a name.*Received: strategy=3"),
     "batch not divisible": (dict(x=x, y=y, batch_size=30, strategy=DataParallel(4)),
                             ValueError, r"divisible by the number of replicas \(4\).*batch_size=30.*28 or 32"),

@@ -14,6 +14,14 @@ from tfpar.placement import describe_placement
 
 __version__ = "0.1.0"
 
+# Workers started by `python -m tfpar.launch` make their MultiWorker strategy
+# here, before the program runs any TensorFlow op: TensorFlow configures
+# collectives only at startup, and `strategy="multi_worker"` then finds it.
+import os as _os
+
+if _os.environ.get("TFPAR_MULTI_WORKER") == "1":
+    strategies.MultiWorker.current()
+
 __all__ = [
     "configure_devices",
     "datasets",

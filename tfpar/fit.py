@@ -67,11 +67,9 @@ def fit_distributed(
     runner = contract.for_strategy(strategy)
     runner.check_fit(x, fit_kwargs)
     if _home_strategy(model) is strategy:
-        with strategy.scope():
-            return model.fit(x, y, **fit_kwargs)
+        return runner.fit(model, x, y, fit_kwargs)
     trained = runner.recreate(model)
-    with runner.scope():
-        history = trained.fit(x, y, **fit_kwargs)
+    history = runner.fit(trained, x, y, fit_kwargs)
     replica.write_back(trained, model)
     _hand_over(model, history, fit_kwargs.get("callbacks"))
     return history

@@ -10,5 +10,6 @@ names users pass to `fit_distributed` onto them; `contract` is what
 from tfpar.strategies.data_parallel import DataParallel
 from tfpar.strategies.gpipe import GPipe
 from tfpar.strategies.model_split import ModelSplit
+from tfpar.strategies.multi_worker import MultiWorker
 
-__all__ = ["DataParallel", "GPipe", "ModelSplit"]
+__all__ = ["DataParallel", "GPipe", "ModelSplit", "MultiWorker"]

@@ -1,8 +1,8 @@
 """The small contract every strategy meets inside `fit_distributed`.
 
 A strategy object knows how to check the fit arguments against its layout,
-recreate the caller's model for training, and give the scope training runs
-in. tfpar's own strategies that are not `tf.distribute` strategies
+recreate the caller's model for training, and run Keras' fit on what it
+recreated. tfpar's own strategies that are not `tf.distribute` strategies
 (ModelSplit, GPipe) implement these three methods; `for_strategy` adapts
 any `tf.distribute.Strategy` to them.
 """
@@ -25,7 +25,7 @@ class Runner(Protocol):
 
     def recreate(self, model: keras.Model) -> keras.Model: ...
 
-    def scope(self) -> contextlib.AbstractContextManager: ...
+    def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History: ...
 
 
 def for_strategy(strategy) -> Runner:
@@ -84,5 +84,29 @@ class _Distribute:
     def recreate(self, model: keras.Model) -> keras.Model:
         return replica.recreate(model, self.strategy.scope())
 
-    def scope(self) -> contextlib.AbstractContextManager:
-        return self.strategy.scope()
+    def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
+        with self.strategy.scope(), _multi_worker_fix(model, self.strategy):
+            return model.fit(x, y, **fit_kwargs)
+
+
+@contextlib.contextmanager
+def _multi_worker_fix(model: keras.Model, strategy):
+    """Lets Keras 3 fit run under MultiWorkerMirroredStrategy.
+
+    Keras' up-front symbolic build reduces the first distributed batch across
+    workers and crashes ("Attempt to convert a value (PerReplica ...)",
+    keras-team/keras#20585). Without a recorded strategy Keras skips that
+    step and builds its metrics while tracing the first step instead; inside
+    the strategy's scope everything else still runs under the strategy.
+    """
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
+    )
+    saved = getattr(model, "_distribute_strategy", None)
+    if multi_worker:
+        model._distribute_strategy = None  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        if multi_worker:
+            model._distribute_strategy = saved  # pylint: disable=protected-access

@@ -7,9 +7,10 @@ import tensorflow as tf
 from tfpar.strategies.data_parallel import DataParallel
 from tfpar.strategies.gpipe import GPipe
 from tfpar.strategies.model_split import ModelSplit
+from tfpar.strategies.multi_worker import MultiWorker
 
 # Each name maps to the class it builds with default arguments.
-_NAMES = {"mirrored": DataParallel, "split": ModelSplit, "gpipe": GPipe}
+_NAMES = {"mirrored": DataParallel, "split": ModelSplit, "gpipe": GPipe, "multi_worker": MultiWorker}
 
 
 def names() -> list[str]:
@@ -32,6 +33,8 @@ def resolve(strategy) -> tf.distribute.Strategy:
                 "tfpar.strategies.DataParallel(devices=2) or any "
                 "tf.distribute.Strategy."
             )
+        if strategy == "multi_worker":
+            return MultiWorker.current()
         return _NAMES[strategy]()
     if isinstance(strategy, (tf.distribute.Strategy, ModelSplit)):
         return strategy

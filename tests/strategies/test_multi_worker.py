@@ -1,0 +1,99 @@
+"""Multi-worker data parallel: 2 local worker processes through the launcher.
+
+Both workers must end with identical weights, equal (to float32 round-off,
+see conftest.assert_same_weights) to single-process training at the same
+global batch and data order, with the same loss history.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import tfpar
+from tfpar.strategies import MultiWorker
+
+from conftest import assert_same_weights
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+JOB = """
+import json, os, sys
+import numpy as np
+import keras
+import tfpar  # launched: makes the MultiWorker strategy before any TF op
+
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(1)
+x = rng.normal(size=(256, 12)).astype("float32")
+y = rng.integers(0, 3, 256).astype("int32")
+model = tfpar.models.mlp(12, 3, hidden=(16, 8))
+model.compile(optimizer=keras.optimizers.Adam(0.01),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+history = tfpar.fit_distributed(model, x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
+                                validation_split=0.25, strategy="multi_worker")
+rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+np.savez(os.path.join(sys.argv[1], f"weights_{rank}.npz"), *model.get_weights())
+with open(os.path.join(sys.argv[1], f"history_{rank}.json"), "w") as f:
+    json.dump(history.history, f)
+"""
+
+
+def reference():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 12)).astype("float32")
+    y = rng.integers(0, 3, 256).astype("int32")
+    model = tfpar.models.mlp(12, 3, hidden=(16, 8))
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
+    return model.get_weights(), history.history
+
+
+def test_two_workers_train_exactly_like_one_process(tmp_path):
+    (tmp_path / "job.py").write_text(JOB)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    completed = subprocess.run(
+        [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1", "--",
+         sys.executable, str(tmp_path / "job.py"), str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:]
+    weights = [list(np.load(tmp_path / f"weights_{r}.npz").values()) for r in (0, 1)]
+    histories = [json.loads((tmp_path / f"history_{r}.json").read_text()) for r in (0, 1)]
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)  # replicas stay bit-identical
+    expected_weights, expected_history = reference()
+    assert_same_weights(weights[0], expected_weights)
+    assert histories[0] == histories[1]
+    for key, values in expected_history.items():
+        np.testing.assert_allclose(histories[0][key], values, rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(all_reduce="reduce_to_one"), r"all_reduce must be one of \['auto', 'ring', 'nccl'\]"),
+    (dict(compression="int4"), r"compression must be one of"),
+    (dict(timeout_seconds=0), r"timeout_seconds must be > 0 or None. Received: timeout_seconds=0"),
+    (dict(bytes_per_pack=-5), r"bytes_per_pack must be a whole number >= 0"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MultiWorker(**kwargs)
+
+
+def test_without_tf_config_says_how_to_start(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG is not set"):
+        MultiWorker()
+
+
+def test_created_after_tensorflow_started_says_to_create_it_first(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps(
+        {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(RuntimeError, match="before any other TensorFlow work"):
+        MultiWorker()

@@ -1,0 +1,130 @@
+"""Data parallel across processes and hosts, on TensorFlow's gRPC runtime.
+
+`MultiWorker` is `tf.distribute.MultiWorkerMirroredStrategy`: each worker
+process (one per host, or several per host) holds a replica per local
+device; gradients are all-reduced with TensorFlow's collective ops over gRPC.
+The cluster comes from the `TF_CONFIG` environment variable, the convention
+Kubernetes TFJob sets, checked up front with clear errors.
+
+TensorFlow configures collectives when the first MultiWorkerMirroredStrategy
+is created, and only if no TensorFlow op has run yet: create the strategy
+(or call `fit_distributed(..., strategy="multi_worker")` through a strategy
+made at startup) before building the model.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfpar import cluster
+from tfpar.strategies import compression as compression_lib
+
+_Implementation = tf.distribute.experimental.CommunicationImplementation
+# TensorFlow allows one set of collectives per process: the first
+# MultiWorker made is the one `strategy="multi_worker"` means.
+_CURRENT = []
+ALL_REDUCE = {"auto": _Implementation.AUTO, "ring": _Implementation.RING, "nccl": _Implementation.NCCL}
+
+
+class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+    """Synchronous data parallel over the workers that TF_CONFIG describes.
+
+    Args:
+      all_reduce: "auto", "ring" or "nccl" (GPUs): the collective
+        implementation.
+      compression: None, "fp16" or "bf16": gradients travel in that dtype.
+      bytes_per_pack: pack collectives into chunks of about this many bytes
+        (0: one pack).
+      timeout_seconds: a collective that has not completed after this long
+        fails with an error instead of hanging (a dead or stuck peer). None
+        waits forever.
+
+    Raises:
+      ValueError: a malformed TF_CONFIG, a task index out of range, or a bad
+        argument, each with the values seen.
+
+    Example:
+        >>> # in each worker, with TF_CONFIG set (python -m tfpar.launch sets it)
+        >>> strategy = tfpar.strategies.MultiWorker(timeout_seconds=60)
+        >>> model = build_and_compile()
+        >>> tfpar.fit_distributed(model, x, y, batch_size=64, strategy=strategy)
+    """
+
+    def __init__(
+        self,
+        *,
+        all_reduce: str = "auto",
+        compression: str | None = None,
+        bytes_per_pack: int = 0,
+        timeout_seconds: float | None = None,
+    ):
+        if all_reduce not in ALL_REDUCE:
+            raise ValueError(
+                f"all_reduce must be one of {list(ALL_REDUCE)}. Received: all_reduce={all_reduce!r}."
+            )
+        wire = compression_lib.wire_dtype(compression)
+        if isinstance(bytes_per_pack, bool) or not isinstance(bytes_per_pack, int) or bytes_per_pack < 0:
+            raise ValueError(
+                f"bytes_per_pack must be a whole number >= 0. Received: bytes_per_pack={bytes_per_pack!r}."
+            )
+        if timeout_seconds is not None and not timeout_seconds > 0:
+            raise ValueError(
+                f"timeout_seconds must be > 0 or None. Received: timeout_seconds={timeout_seconds!r}."
+            )
+        self.config = cluster.from_environment()
+        self.all_reduce, self.compression = all_reduce, compression
+        self.bytes_per_pack, self.timeout_seconds = bytes_per_pack, timeout_seconds
+        options = tf.distribute.experimental.CommunicationOptions(
+            bytes_per_pack=bytes_per_pack, timeout_seconds=timeout_seconds,
+            implementation=ALL_REDUCE[all_reduce],
+        )
+        if _CURRENT:
+            raise ValueError(
+                "A MultiWorker strategy already exists in this process and "
+                "TensorFlow configures collectives once per process. Reuse it: "
+                "tfpar.strategies.MultiWorker.current() or strategy='multi_worker'."
+            )
+        try:
+            super().__init__(communication_options=options)
+        except RuntimeError as error:
+            raise RuntimeError(
+                "MultiWorker must be created before any other TensorFlow work "
+                "(TensorFlow configures collective ops at program startup). "
+                "Create tfpar.strategies.MultiWorker(...) first thing in the "
+                "program, before building the model, or start the job with "
+                "`python -m tfpar.launch`, which makes it when tfpar is imported."
+            ) from error
+        _CURRENT.append(self)
+        if wire is not None:
+            extended = self.extended
+            extended._cross_device_ops = compression_lib.CastingAllReduce(  # pylint: disable=protected-access
+                extended._cross_device_ops, wire  # pylint: disable=protected-access
+            )
+
+    def reduce(self, reduce_op, value, axis):
+        # Keras 3 averages each step's scalar metrics with axis=0 under this
+        # strategy, which TensorFlow rejects for rank-0 values ("Invalid
+        # reduction dimension 0"); for a scalar the intended reduction is
+        # across replicas only.
+        if axis == 0:
+            parts = self.experimental_local_results(value)
+            if parts and all(getattr(p, "shape", None) is not None and p.shape.rank == 0 for p in parts):
+                axis = None
+        return super().reduce(reduce_op, value, axis)
+
+    @classmethod
+    def current(cls) -> "MultiWorker":
+        """The process's MultiWorker strategy, made now if there is none."""
+        return _CURRENT[0] if _CURRENT else cls()
+
+    @property
+    def is_chief(self) -> bool:
+        """True on the task that writes checkpoints, logs and saved models."""
+        return self.config.is_chief
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiWorker(task={self.config.task_type}:{self.config.task_index} of "
+            f"{self.config.num_workers}, all_reduce={self.all_reduce!r}, "
+            f"compression={self.compression!r}, timeout_seconds={self.timeout_seconds})"
+        )
