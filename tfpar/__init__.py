@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 import os as _os
 
 if _os.environ.get("TFPAR_MULTI_WORKER") == "1":
-    strategies.MultiWorker.current()
+    _timeout = _os.environ.get("TFPAR_COLLECTIVE_TIMEOUT")
+    strategies.MultiWorker(timeout_seconds=float(_timeout) if _timeout else None)
 
 __all__ = [
     "configure_devices",

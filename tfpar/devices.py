@@ -116,6 +116,31 @@ def _split(kind: str, count: int, gpu_memory_mb: int) -> None:
         ) from error
 
 
+def connect(workers: Sequence[str], *, job: str = "worker") -> list[str]:
+    """Connects this program to other processes' devices (TensorFlow gRPC).
+
+    Each address must be served by `python -m tfpar.server` (a
+    `tf.distribute.Server`). Afterwards their devices can hold model-split or
+    pipeline stages, e.g. "/job:worker/replica:0/task:1/device:CPU:0".
+
+    Args:
+      workers: "host:port" of each task, in task order.
+      job: the job name the servers were started with.
+
+    Returns:
+      The names of the remote devices now usable.
+
+    Example:
+        >>> tfpar.devices.connect(["localhost:2222", "localhost:2223"])
+        ['/job:worker/replica:0/task:0/device:CPU:0', '/job:worker/replica:0/task:1/device:CPU:0']
+    """
+    workers = list(workers)
+    if not workers or not all(isinstance(w, str) and ":" in w for w in workers):
+        raise ValueError(f'connect needs "host:port" addresses. Received: workers={workers!r}.')
+    tf.config.experimental_connect_to_cluster(tf.train.ClusterSpec({job: workers}))
+    return [d.name for d in tf.config.list_logical_devices() if f"/job:{job}/" in d.name]
+
+
 def local_devices(kind: str | None = None) -> list[str]:
     """Returns the local logical devices of one kind, fastest kind by default.
 
@@ -194,14 +219,27 @@ def _canonical(name: str) -> str:
             f"'/device:CPU:0' or 'gpu:1'. Available: {_all_names()}."
         ) from error
     if spec.job not in (None, "localhost"):
-        # Remote devices are checked by the cluster connection, not here.
-        return spec.to_string()
+        return _remote(name, spec)
     wanted = f"/device:{(spec.device_type or '').upper()}:{spec.device_index or 0}"
     if wanted not in _all_names():
         raise ValueError(
             f"Device {name!r} does not exist on this machine. Available: "
             f"{_all_names()}. Pick one of those, or create logical devices "
             "with tfpar.configure_devices(cpu=N) before any other TensorFlow work."
+        )
+    return wanted
+
+
+def _remote(name: str, spec: tf.DeviceSpec) -> str:
+    spec = spec.replace(replica=spec.replica or 0, task=spec.task or 0,
+                        device_type=(spec.device_type or "CPU").upper(), device_index=spec.device_index or 0)
+    wanted = spec.to_string()
+    remote = [d.name for d in tf.config.list_logical_devices() if d.name.startswith("/job:")]
+    if wanted not in remote:
+        raise ValueError(
+            f"Device {name!r} is not part of a connected cluster. Connected remote "
+            f"devices: {remote}. Start a server for that task (python -m tfpar.server) "
+            "and call tfpar.devices.connect([...]) first."
         )
     return wanted
 

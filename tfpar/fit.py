@@ -7,7 +7,7 @@ import inspect
 import keras
 import tensorflow as tf
 
-from tfpar import inputs, replica
+from tfpar import checkpoint, chief, inputs, replica
 from tfpar.strategies import contract, registry
 
 _FIT_ARGS = frozenset(inspect.signature(keras.Model.fit).parameters) - {"self", "x", "y"}
@@ -19,6 +19,8 @@ def fit_distributed(
     y=None,
     *,
     strategy="mirrored",
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | None = None,
     **fit_kwargs,
 ) -> keras.callbacks.History:
     """Trains `model` like `model.fit`, with its work spread by `strategy`.
@@ -48,7 +50,14 @@ def fit_distributed(
       x: training inputs, as for `model.fit`.
       y: training targets, as for `model.fit`.
       strategy: a tfpar strategy object, a name ("mirrored", "split",
-        "gpipe"), or any `tf.distribute.Strategy`.
+        "gpipe", "multi_worker"), or any `tf.distribute.Strategy`.
+      checkpoint_dir: save model, optimizer state and data position here
+        every `checkpoint_every` steps, and resume from the latest checkpoint
+        when started again (after a crash or a killed worker); the checkpoint
+        is removed when training completes. Needs array inputs; exact
+        (equal to an uninterrupted run) with `shuffle=False`.
+      checkpoint_every: steps between checkpoints (required with
+        `checkpoint_dir`).
       **fit_kwargs: any other argument of `keras.Model.fit`.
 
     Returns:
@@ -62,14 +71,29 @@ def fit_distributed(
     """
     replica.check_compiled(model)
     _check_fit_args(fit_kwargs)
+    _check_checkpointing(checkpoint_dir, checkpoint_every, x, fit_kwargs)
     strategy = _strategy_for(model, strategy)
     inputs.check_not_empty(x)
     runner = contract.for_strategy(strategy)
     runner.check_fit(x, fit_kwargs)
-    if _home_strategy(model) is strategy:
-        return runner.fit(model, x, y, fit_kwargs)
-    trained = runner.recreate(model)
-    history = runner.fit(trained, x, y, fit_kwargs)
+    writer = getattr(strategy, "is_chief", True)
+    state = checkpoint.load(checkpoint_dir) if checkpoint_dir else None
+    if state is not None:
+        checkpoint.restore(model, state)
+    home = _home_strategy(model) is strategy
+    trained = model if home else runner.recreate(model)
+    with chief.only_chief_writes(fit_kwargs.get("callbacks"), writer):
+        if checkpoint_dir:
+            history = checkpoint.resumable_fit(
+                lambda xs, ys, kwargs: runner.fit(trained, xs, ys, kwargs), x, y, fit_kwargs,
+                checkpoint_dir, checkpoint_every, start_step=state.step if state else 0, writer=writer,
+            )
+        else:
+            history = runner.fit(trained, x, y, fit_kwargs)
+    if checkpoint_dir and writer:
+        checkpoint.clear(checkpoint_dir)
+    if home:
+        return history
     replica.write_back(trained, model)
     _hand_over(model, history, fit_kwargs.get("callbacks"))
     return history
@@ -81,6 +105,23 @@ def _check_fit_args(fit_kwargs: dict) -> None:
         raise TypeError(
             f"fit_distributed got unexpected argument(s) {unknown}. It takes "
             f"keras.Model.fit's arguments: {sorted(_FIT_ARGS)}, plus strategy=."
+        )
+
+
+def _check_checkpointing(directory, every, x, fit_kwargs: dict) -> None:
+    if directory is None and every is None:
+        return
+    if directory is None or not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(
+            "Checkpointing needs both checkpoint_dir and checkpoint_every (a whole "
+            f"number of steps >= 1). Received: checkpoint_dir={directory!r}, "
+            f"checkpoint_every={every!r}."
+        )
+    if not inputs.is_array_like(x) or fit_kwargs.get("steps_per_epoch"):
+        raise ValueError(
+            "checkpoint_dir resumes at a step of the data, so it needs array "
+            "inputs (numpy arrays or tensors) without steps_per_epoch. Received: "
+            f"x of type {type(x).__name__}, steps_per_epoch={fit_kwargs.get('steps_per_epoch')!r}."
         )
 
 

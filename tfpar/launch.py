@@ -1,6 +1,6 @@
 """Start N local workers with a TF_CONFIG each: `python -m tfpar.launch`.
 
-    python -m tfpar.launch -n 2 [--threads-per-worker 1] -- python train.py --epochs 3
+    python -m tfpar.launch -n 2 [--threads-per-worker 1] [--timeout-seconds 60] -- python train.py
 
 Each worker gets its own loopback port in one shared TF_CONFIG cluster (the
 launcher binds loopback only), its log lines prefixed with its rank. If one
@@ -25,7 +25,7 @@ GRACE_SECONDS = 10.0
 
 
 def launch(command: Sequence[str], workers: int, *, threads_per_worker: int | None = None,
-           env: dict | None = None, out=None) -> int:
+           timeout_seconds: float | None = None, env: dict | None = None, out=None) -> int:
     """Runs `command` as `workers` local workers; returns the job's exit code.
 
     Args:
@@ -33,6 +33,8 @@ def launch(command: Sequence[str], workers: int, *, threads_per_worker: int | No
       workers: how many workers (N >= 1).
       threads_per_worker: TensorFlow intra- and inter-op threads per worker;
         None keeps TensorFlow's default (every core).
+      timeout_seconds: the workers' MultiWorker collective timeout: a dead or
+        hung peer becomes an error after this long instead of a hang.
       env: environment for the workers (default: this process's).
       out: where prefixed log lines go (default: sys.stdout).
 
@@ -52,6 +54,8 @@ def launch(command: Sequence[str], workers: int, *, threads_per_worker: int | No
         # before the program's first TensorFlow op (see tfpar/__init__.py).
         worker_env = dict(os.environ if env is None else env, TF_CONFIG=tf_config,
                           TFPAR_MULTI_WORKER="1")
+        if timeout_seconds:
+            worker_env["TFPAR_COLLECTIVE_TIMEOUT"] = str(timeout_seconds)
         if threads_per_worker:
             worker_env["TF_NUM_INTRAOP_THREADS"] = str(threads_per_worker)
             worker_env["TF_NUM_INTEROP_THREADS"] = str(threads_per_worker)
@@ -118,12 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-n", "--workers", type=int, required=True, help="number of workers")
     parser.add_argument("--threads-per-worker", type=int, default=None,
                         help="TensorFlow threads per worker (default: all cores)")
+    parser.add_argument("--timeout-seconds", type=float, default=None,
+                        help="collective timeout: a dead or hung peer fails the job after this long")
     args = parser.parse_args(argv)
     if not command:
         parser.error("give the command to run after --, e.g. -- python train.py")
     if args.workers < 1:
         parser.error(f"-n must be >= 1. Received: -n {args.workers}.")
-    return launch(command, args.workers, threads_per_worker=args.threads_per_worker)
+    return launch(command, args.workers, threads_per_worker=args.threads_per_worker,
+                  timeout_seconds=args.timeout_seconds)
 
 
 def run() -> None:

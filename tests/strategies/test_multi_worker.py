@@ -97,3 +97,37 @@ def test_created_after_tensorflow_started_says_to_create_it_first(monkeypatch):
         {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}))
     with pytest.raises(RuntimeError, match="before any other TensorFlow work"):
         MultiWorker()
+
+
+HANG = """
+import json, os, time
+import numpy as np, keras, tfpar
+rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+x = np.random.default_rng(1).normal(size=(256, 12)).astype("float32")
+y = np.zeros(256, "int32")
+model = tfpar.models.mlp(12, 3, hidden=(16,))
+model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+class Hang(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if rank == 1 and batch == 2:
+            time.sleep(600)  # a stuck peer
+
+tfpar.fit_distributed(model, x, y, batch_size=32, verbose=0, strategy="multi_worker", callbacks=[Hang()])
+"""
+
+
+def test_a_hung_peer_is_an_error_within_the_timeout(tmp_path):
+    import time
+
+    (tmp_path / "hang.py").write_text(HANG)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    start = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1",
+         "--timeout-seconds", "5", "--", sys.executable, str(tmp_path / "hang.py")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode != 0
+    assert "DeadlineExceeded" in completed.stdout
+    assert time.monotonic() - start < 120  # not the 600 s the peer sleeps
