@@ -29,3 +29,9 @@ def test_default_job_trains_digits_and_saves(tmp_path, capsys):
 def test_bad_flags_are_rejected_before_training(argv, message):
     with pytest.raises(app.UsageError, match=message):
         run(argv)
+
+
+def test_gpipe_flags_train_and_print_the_placement(capsys):
+    run(["--strategy=gpipe", "--devices=2", "--microbatches=2", "--epochs=2"])
+    out = capsys.readouterr().out
+    assert "est. FLOPs/sample" in out and "held-out accuracy" in out

@@ -17,11 +17,13 @@ __version__ = "0.1.0"
 # Workers started by `python -m tfpar.launch` make their MultiWorker strategy
 # here, before the program runs any TensorFlow op: TensorFlow configures
 # collectives only at startup, and `strategy="multi_worker"` then finds it.
+# TFPAR_MULTI_WORKER is "1" or a JSON object of MultiWorker's arguments.
+import json as _json
 import os as _os
 
-if _os.environ.get("TFPAR_MULTI_WORKER") == "1":
-    _timeout = _os.environ.get("TFPAR_COLLECTIVE_TIMEOUT")
-    strategies.MultiWorker(timeout_seconds=float(_timeout) if _timeout else None)
+if _os.environ.get("TFPAR_MULTI_WORKER"):
+    _options = _os.environ["TFPAR_MULTI_WORKER"]
+    strategies.MultiWorker(**({} if _options == "1" else _json.loads(_options)))
 
 __all__ = [
     "configure_devices",

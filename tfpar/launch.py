@@ -11,6 +11,7 @@ worker's code; Ctrl-C is forwarded to every worker.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,8 @@ GRACE_SECONDS = 10.0
 
 
 def launch(command: Sequence[str], workers: int, *, threads_per_worker: int | None = None,
-           timeout_seconds: float | None = None, env: dict | None = None, out=None) -> int:
+           timeout_seconds: float | None = None, strategy_options: dict | None = None,
+           env: dict | None = None, out=None) -> int:
     """Runs `command` as `workers` local workers; returns the job's exit code.
 
     Args:
@@ -35,6 +37,8 @@ def launch(command: Sequence[str], workers: int, *, threads_per_worker: int | No
         None keeps TensorFlow's default (every core).
       timeout_seconds: the workers' MultiWorker collective timeout: a dead or
         hung peer becomes an error after this long instead of a hang.
+      strategy_options: further MultiWorker arguments for the workers, e.g.
+        {"compression": "bf16", "bytes_per_pack": 1 << 20}.
       env: environment for the workers (default: this process's).
       out: where prefixed log lines go (default: sys.stdout).
 
@@ -52,13 +56,14 @@ def launch(command: Sequence[str], workers: int, *, threads_per_worker: int | No
     for rank, tf_config in enumerate(cluster.local_configs(workers)):
         # TFPAR_MULTI_WORKER: `import tfpar` makes the MultiWorker strategy
         # before the program's first TensorFlow op (see tfpar/__init__.py).
-        worker_env = dict(os.environ if env is None else env, TF_CONFIG=tf_config,
-                          TFPAR_MULTI_WORKER="1")
+        options = dict(strategy_options or {})
         if timeout_seconds:
-            worker_env["TFPAR_COLLECTIVE_TIMEOUT"] = str(timeout_seconds)
+            options["timeout_seconds"] = timeout_seconds
+        worker_env = dict(os.environ if env is None else env, TF_CONFIG=tf_config,
+                          TFPAR_MULTI_WORKER=json.dumps(options) if options else "1")
         if threads_per_worker:
             worker_env["TF_NUM_INTRAOP_THREADS"] = str(threads_per_worker)
-            worker_env["TF_NUM_INTEROP_THREADS"] = str(threads_per_worker)
+            worker_env["TF_NUM_INTEROP_THREADS"] = str(max(2, threads_per_worker))
         process = subprocess.Popen(
             list(command), env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, text=True, bufsize=1,

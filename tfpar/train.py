@@ -15,7 +15,11 @@ import time
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("strategy", "mirrored", ["mirrored"], "How to spread training.")
+flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "split", "gpipe", "multi_worker"],
+                  "How to spread training.")
+flags.DEFINE_integer("microbatches", 4, "Micro-batches per batch (gpipe).")
+flags.DEFINE_string("checkpoint_dir", None, "Save and resume training state here.")
+flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints (with --checkpoint_dir).")
 flags.DEFINE_integer("virtual_devices", None, "Split each CPU into this many logical devices.")
 flags.DEFINE_integer("devices", None, "Use the first N local devices (default: all).")
 flags.DEFINE_integer("batch_size", 64, "Global batch size.")
@@ -33,14 +37,13 @@ def main(argv: list[str]) -> None:
 
     import tfpar
 
-    if FLAGS.virtual_devices:
-        tfpar.configure_devices(cpu=FLAGS.virtual_devices)
-    strategy = tfpar.strategies.DataParallel(FLAGS.devices)
-    replicas = strategy.num_replicas_in_sync
-    logging.info("devices: %s", list(strategy.extended.worker_devices))
+    strategy = _strategy(tfpar)
+    replicas = getattr(strategy, "num_replicas_in_sync", 1)
+    logging.info("strategy: %r", strategy)
     logging.info(
-        "batch: global %d, per replica %d (%d replicas)",
+        "batch: global %d, per replica %d (%d replicas), per micro-batch %d",
         FLAGS.batch_size, FLAGS.batch_size // replicas, replicas,
+        FLAGS.batch_size // replicas // getattr(strategy, "microbatches", 1),
     )
 
     (x, y), (x_test, y_test) = tfpar.datasets.digits(seed=FLAGS.seed)
@@ -48,6 +51,8 @@ def main(argv: list[str]) -> None:
 
     keras.utils.set_random_seed(FLAGS.seed)
     model = tfpar.models.mlp(x.shape[1], 10)
+    if FLAGS.strategy in ("split", "gpipe"):
+        tfpar.describe_placement(model, strategy)
     model.compile(
         optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -56,14 +61,30 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     tfpar.fit_distributed(
         model, x, y, strategy=strategy, batch_size=FLAGS.batch_size,
-        epochs=FLAGS.epochs, validation_split=0.1, verbose=2,
+        epochs=FLAGS.epochs, validation_split=0.1, verbose=2, shuffle=not FLAGS.checkpoint_dir,
+        checkpoint_dir=FLAGS.checkpoint_dir,
+        checkpoint_every=FLAGS.checkpoint_every if FLAGS.checkpoint_dir else None,
     )
     logging.info("trained in %.1f s", time.perf_counter() - start)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
     print(f"held-out accuracy: {accuracy:.4f} on {len(x_test)} test digits")
-    if FLAGS.save:
+    if FLAGS.save and getattr(strategy, "is_chief", True):
         model.save(FLAGS.save)
         print(f"saved model to {FLAGS.save}")
+
+
+def _strategy(tfpar):
+    """Devices phase: the strategy the flags ask for."""
+    if FLAGS.strategy == "multi_worker":
+        # Before any other TensorFlow work: collectives are set at startup.
+        return tfpar.strategies.MultiWorker.current()
+    if FLAGS.virtual_devices:
+        tfpar.configure_devices(cpu=FLAGS.virtual_devices)
+    if FLAGS.strategy == "split":
+        return tfpar.strategies.ModelSplit(FLAGS.devices)
+    if FLAGS.strategy == "gpipe":
+        return tfpar.strategies.GPipe(FLAGS.devices, microbatches=FLAGS.microbatches)
+    return tfpar.strategies.DataParallel(FLAGS.devices)
 
 
 def _check_flags() -> None:
@@ -75,6 +96,10 @@ def _check_flags() -> None:
         raise app.UsageError(f"--learning_rate must be > 0. Received: {FLAGS.learning_rate}.")
     if FLAGS.virtual_devices is not None and FLAGS.virtual_devices < 1:
         raise app.UsageError(f"--virtual_devices must be >= 1. Received: {FLAGS.virtual_devices}.")
+    if FLAGS.microbatches < 1:
+        raise app.UsageError(f"--microbatches must be >= 1. Received: {FLAGS.microbatches}.")
+    if FLAGS.checkpoint_every < 1:
+        raise app.UsageError(f"--checkpoint_every must be >= 1. Received: {FLAGS.checkpoint_every}.")
     if FLAGS.save and not FLAGS.save.endswith(".keras"):
         raise app.UsageError(f"--save must end in .keras. Received: {FLAGS.save}.")
 

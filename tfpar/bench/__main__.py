@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfpar.bench import data_parallel, pipeline
+from tfpar.bench import data_parallel, multi_worker, pipeline
 
-BENCHMARKS = {"data_parallel": data_parallel, "pipeline": pipeline}
+BENCHMARKS = {"data_parallel": data_parallel, "pipeline": pipeline, "multi_worker": multi_worker}
 
 
 def run(argv: list[str] | None = None) -> dict:

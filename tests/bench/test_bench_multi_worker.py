@@ -1,0 +1,14 @@
+"""The multi-worker benchmark runs end to end on a tiny setting (no timing asserted)."""
+
+import subprocess
+import sys
+
+
+def test_multi_worker_benchmark_reports_scaling():
+    completed = subprocess.run(
+        [sys.executable, "-m", "tfpar.bench", "multi_worker", "--repeats=1", "--width=32",
+         "--per_worker_batch=64", "--steps=2", "--epochs=2", "--bytes_per_pack=0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "scaling efficiency:" in completed.stdout and "bytes_per_pack" in completed.stdout

@@ -1,0 +1,95 @@
+"""Multi-worker scaling: 1 worker x 1 thread vs 2 workers x 1 thread.
+
+Weak scaling, as Horovod reports it: each worker keeps the same per-worker
+batch, so 2 workers do twice the work per step. Each run is a job started by
+`tfpar.launch` on loopback; the chief reports samples/s from the median
+epoch time after the first. Scaling efficiency = samples/s(2) / (2 x
+samples/s(1)). Runs alternate across repeats; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+
+from tfpar import launch
+from tfpar.bench import timing
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--per_worker_batch", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=4, help="per run; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=8, help="steps per epoch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compression", default=None, choices=["fp16", "bf16"])
+    parser.add_argument("--bytes_per_pack", default="0,1048576",
+                        help="comma-separated values to compare (0: one pack after the whole backward)")
+    parser.add_argument("--role", default="driver", choices=["driver", "worker"], help=argparse.SUPPRESS)
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.role == "worker":
+        return _worker(args)
+    packs = [int(v) for v in str(args.bytes_per_pack).split(",")]
+    rates = {(w, p): [] for p in packs for w in (1, args.workers)}
+    for _ in range(args.repeats):
+        for workers, pack in rates:
+            rates[(workers, pack)].append(_job(args, workers, pack))
+    rows, result = [], {}
+    for pack in packs:
+        one = statistics.median(rates[(1, pack)])
+        many = statistics.median(rates[(args.workers, pack)])
+        result[pack] = many / (args.workers * one)
+        rows += [(pack, 1, one, 1.0), (pack, args.workers, many, result[pack])]
+    print(f"multi-worker data parallel on loopback, 1 thread per worker, MLP width "
+          f"{args.width}, {args.per_worker_batch} samples per worker per step, compression "
+          f"{args.compression}; medians of {args.repeats} runs")
+    print(timing.table(rows, ("bytes_per_pack", "workers", "samples/s", "scaling efficiency")))
+    best = max(result, key=result.get)
+    print(f"scaling efficiency: {result[best]:.3f} with bytes_per_pack={best} "
+          f"(goal >= 0.85; Horovod's headline 0.90)")
+    return {"efficiency": result}
+
+
+def _job(args, workers: int, bytes_per_pack: int) -> float:
+    out = io.StringIO()
+    command = [sys.executable, "-m", "tfpar.bench", "multi_worker", "--role", "worker",
+               f"--per_worker_batch={args.per_worker_batch}", f"--width={args.width}",
+               f"--epochs={args.epochs}", f"--steps={args.steps}"]
+    # Packs smaller than the gradients let the all-reduce of the last layers'
+    # gradients start while the backward pass is still computing the first.
+    options = {"compression": args.compression, "bytes_per_pack": bytes_per_pack}
+    code = launch.launch(command, workers, threads_per_worker=1, strategy_options=options, out=out)
+    lines = [line for line in out.getvalue().splitlines() if "BENCH " in line]
+    if code != 0 or not lines:
+        raise RuntimeError(f"benchmark job with {workers} worker(s) failed:\n{out.getvalue()[-3000:]}")
+    return json.loads(lines[0].split("BENCH ", 1)[1])["samples_per_second"]
+
+
+def _worker(args) -> dict:
+    import keras  # Late: `import tfpar` made the MultiWorker strategy first.
+    import numpy as np
+
+    import tfpar
+
+    strategy = tfpar.strategies.MultiWorker.current()
+    workers = strategy.num_replicas_in_sync
+    batch = args.per_worker_batch * workers
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * args.steps, 256)).astype("float32")
+    y = rng.integers(0, 10, size=batch * args.steps)
+    keras.utils.set_random_seed(0)
+    model = tfpar.models.mlp(256, 10, hidden=(args.width, args.width))
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = timing.EpochTimer()
+    tfpar.fit_distributed(model, x, y, batch_size=batch, epochs=args.epochs, shuffle=False,
+                          verbose=0, strategy="multi_worker", callbacks=[timer])
+    rate = batch * args.steps / statistics.median(timer.seconds[1:])
+    if strategy.is_chief:
+        print("BENCH " + json.dumps({"workers": workers, "samples_per_second": rate}), flush=True)
+    return {"samples_per_second": rate}
