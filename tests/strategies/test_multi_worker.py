@@ -11,64 +11,48 @@ import pathlib
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 
-import tfpar
+import multi_worker_job
 from tfpar.strategies import MultiWorker
 
 from conftest import assert_same_weights
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-JOB = """
+FIT = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
+JOB = f"""
 import json, os, sys
 import numpy as np
-import keras
 import tfpar  # launched: makes the MultiWorker strategy before any TF op
+import multi_worker_job as job
 
-keras.utils.set_random_seed(0)
-rng = np.random.default_rng(1)
-x = rng.normal(size=(256, 12)).astype("float32")
-y = rng.integers(0, 3, 256).astype("int32")
-model = tfpar.models.mlp(12, 3, hidden=(16, 8))
-model.compile(optimizer=keras.optimizers.Adam(0.01),
-              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-history = tfpar.fit_distributed(model, x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
-                                validation_split=0.25, strategy="multi_worker")
+model = job.model()
+history = tfpar.fit_distributed(model, *job.data(), strategy="multi_worker", **{FIT!r})
 rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-np.savez(os.path.join(sys.argv[1], f"weights_{rank}.npz"), *model.get_weights())
-with open(os.path.join(sys.argv[1], f"history_{rank}.json"), "w") as f:
+np.savez(os.path.join(sys.argv[1], f"weights_{{rank}}.npz"), *model.get_weights())
+with open(os.path.join(sys.argv[1], f"history_{{rank}}.json"), "w") as f:
     json.dump(history.history, f)
 """
 
 
-def reference():
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(256, 12)).astype("float32")
-    y = rng.integers(0, 3, 256).astype("int32")
-    model = tfpar.models.mlp(12, 3, hidden=(16, 8))
-    model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    history = model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
-    return model.get_weights(), history.history
+def worker_env():
+    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def test_two_workers_train_exactly_like_one_process(tmp_path):
     (tmp_path / "job.py").write_text(JOB)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     completed = subprocess.run(
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1", "--",
          sys.executable, str(tmp_path / "job.py"), str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-4000:]
     weights = [list(np.load(tmp_path / f"weights_{r}.npz").values()) for r in (0, 1)]
     histories = [json.loads((tmp_path / f"history_{r}.json").read_text()) for r in (0, 1)]
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)  # replicas stay bit-identical
-    expected_weights, expected_history = reference()
+    expected_weights, expected_history = multi_worker_job.reference(**FIT)
     assert_same_weights(weights[0], expected_weights)
     assert histories[0] == histories[1]
     for key, values in expected_history.items():
@@ -101,12 +85,11 @@ def test_created_after_tensorflow_started_says_to_create_it_first(monkeypatch):
 
 HANG = """
 import json, os, time
-import numpy as np, keras, tfpar
+import keras, tfpar
+import multi_worker_job as job
 rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-x = np.random.default_rng(1).normal(size=(256, 12)).astype("float32")
-y = np.zeros(256, "int32")
-model = tfpar.models.mlp(12, 3, hidden=(16,))
-model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+x, y = job.data()
+model = job.model()
 
 class Hang(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
@@ -121,12 +104,11 @@ def test_a_hung_peer_is_an_error_within_the_timeout(tmp_path):
     import time
 
     (tmp_path / "hang.py").write_text(HANG)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     start = time.monotonic()
     completed = subprocess.run(
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1",
          "--timeout-seconds", "5", "--", sys.executable, str(tmp_path / "hang.py")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode != 0
     assert "DeadlineExceeded" in completed.stdout
