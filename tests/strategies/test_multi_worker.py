@@ -12,9 +12,12 @@ import subprocess
 import sys
 
 import numpy as np
+import socket
+
 import pytest
 
 import multi_worker_job
+from tfpar import cluster
 from tfpar.strategies import MultiWorker
 
 from conftest import assert_same_weights
@@ -76,11 +79,32 @@ def test_without_tf_config_says_how_to_start(monkeypatch):
         MultiWorker()
 
 
-def test_created_after_tensorflow_started_says_to_create_it_first(monkeypatch):
+def cluster_of_two(monkeypatch):
+    own, peer = cluster.free_ports(2)
     monkeypatch.setenv("TF_CONFIG", json.dumps(
-        {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}))
-    with pytest.raises(RuntimeError, match="before any other TensorFlow work"):
-        MultiWorker()
+        {"cluster": {"worker": [f"localhost:{own}", f"localhost:{peer}"]},
+         "task": {"type": "worker", "index": 0}}))
+    return peer
+
+
+def test_created_after_tensorflow_started_says_to_create_it_first(monkeypatch):
+    peer = cluster_of_two(monkeypatch)
+    with socket.socket() as other_worker:  # the peer is up
+        other_worker.bind(("127.0.0.1", peer))
+        other_worker.listen()
+        with pytest.raises(RuntimeError, match="before any other TensorFlow work"):
+            MultiWorker(timeout_seconds=10)
+
+
+def test_a_missing_worker_is_an_error_not_a_hang(monkeypatch):
+    """Worker-count mismatch: TF_CONFIG lists 2 workers, only 1 starts."""
+    import time
+
+    peer = cluster_of_two(monkeypatch)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=rf"lists 2 workers, but 1 of them did not start within 2 s: \['localhost:{peer}'\]"):
+        MultiWorker(timeout_seconds=2)
+    assert time.monotonic() - start < 10
 
 
 HANG = """

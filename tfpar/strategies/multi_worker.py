@@ -23,6 +23,8 @@ _Implementation = tf.distribute.experimental.CommunicationImplementation
 # TensorFlow allows one set of collectives per process: the first
 # MultiWorker made is the one `strategy="multi_worker"` means.
 _CURRENT = []
+# How long a worker waits for the others to start when no timeout is given.
+_STARTUP_SECONDS = 300.0
 ALL_REDUCE = {"auto": _Implementation.AUTO, "ring": _Implementation.RING, "nccl": _Implementation.NCCL}
 
 
@@ -36,12 +38,14 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
       bytes_per_pack: pack collectives into chunks of about this many bytes
         (0: one pack).
       timeout_seconds: a collective that has not completed after this long
-        fails with an error instead of hanging (a dead or stuck peer). None
-        waits forever.
+        fails with an error instead of hanging (a dead or stuck peer); also
+        how long to wait for every worker in TF_CONFIG to start (default 300
+        s). None lets collectives wait forever.
 
     Raises:
-      ValueError: a malformed TF_CONFIG, a task index out of range, or a bad
-        argument, each with the values seen.
+      ValueError: a malformed TF_CONFIG, a task index out of range, a port
+        in use, workers missing from the cluster, or a bad argument, each
+        with the values seen.
 
     Example:
         >>> # in each worker, with TF_CONFIG set (python -m tfpar.launch sets it)
@@ -72,6 +76,8 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
                 f"timeout_seconds must be > 0 or None. Received: timeout_seconds={timeout_seconds!r}."
             )
         self.config = cluster.from_environment()
+        if self.config.num_workers > 1:
+            cluster.wait_for_peers(self.config, timeout_seconds or _STARTUP_SECONDS)
         self.all_reduce, self.compression = all_reduce, compression
         self.bytes_per_pack, self.timeout_seconds = bytes_per_pack, timeout_seconds
         options = tf.distribute.experimental.CommunicationOptions(
