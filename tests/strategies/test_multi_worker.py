@@ -26,13 +26,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIT = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
 JOB = f"""
 import json, os, sys
+import keras
 import numpy as np
 import tfpar  # launched: makes the MultiWorker strategy before any TF op
 import multi_worker_job as job
 
-model = job.model()
-history = tfpar.fit_distributed(model, *job.data(), strategy="multi_worker", **{FIT!r})
 rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+saver = keras.callbacks.ModelCheckpoint(os.path.join(sys.argv[1], f"model_{{rank}}.keras"))
+model = job.model()
+history = tfpar.fit_distributed(model, *job.data(), strategy="multi_worker", callbacks=[saver], **{FIT!r})
 np.savez(os.path.join(sys.argv[1], f"weights_{{rank}}.npz"), *model.get_weights())
 with open(os.path.join(sys.argv[1], f"history_{{rank}}.json"), "w") as f:
     json.dump(history.history, f)
@@ -51,6 +53,9 @@ def test_two_workers_train_exactly_like_one_process(tmp_path):
         cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-4000:]
+    # Only the chief writes files; the other worker's checkpoint went to a
+    # temporary directory.
+    assert (tmp_path / "model_0.keras").exists() and not (tmp_path / "model_1.keras").exists()
     weights = [list(np.load(tmp_path / f"weights_{r}.npz").values()) for r in (0, 1)]
     histories = [json.loads((tmp_path / f"history_{r}.json").read_text()) for r in (0, 1)]
     for a, b in zip(*weights):
