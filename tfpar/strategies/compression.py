@@ -34,6 +34,18 @@ def wire_dtype(compression: str | None) -> tf.DType | None:
     return WIRE_DTYPES[compression]
 
 
+def install(extended, compression: str | None) -> None:
+    """Makes a Mirrored-family strategy's reductions travel in `compression`.
+
+    MirroredExtended (and its multi-worker subclass) send every reduction
+    through `_cross_device_ops`; wrapping it is how the cast reaches
+    TensorFlow's own collectives.
+    """
+    wire = wire_dtype(compression)
+    if wire is not None:
+        extended._cross_device_ops = CastingAllReduce(extended._cross_device_ops, wire)  # pylint: disable=protected-access
+
+
 class CastingAllReduce(tf.distribute.CrossDeviceOps):
     """A `CrossDeviceOps` that reduces floating values in a narrower dtype.
 

@@ -71,7 +71,7 @@ class DataParallel(tf.distribute.MirroredStrategy):
                 f"all_reduce must be one of {list(ALL_REDUCE)}. "
                 f"Received: all_reduce={all_reduce!r}."
             )
-        wire = compression_lib.wire_dtype(compression)
+        compression_lib.wire_dtype(compression)  # validates the name
         if isinstance(bytes_per_pack, bool) or not isinstance(bytes_per_pack, int) or bytes_per_pack < 0:
             raise ValueError(
                 "bytes_per_pack must be a whole number >= 0 (0 = one pack). "
@@ -92,7 +92,8 @@ class DataParallel(tf.distribute.MirroredStrategy):
         self.all_reduce = all_reduce
         self.compression = compression
         self.bytes_per_pack = bytes_per_pack
-        _configure_collectives(self.extended, all_reduce, bytes_per_pack, wire)
+        _configure_collectives(self.extended, all_reduce, bytes_per_pack)
+        compression_lib.install(self.extended, compression)
 
     def __repr__(self) -> str:
         return (
@@ -102,14 +103,10 @@ class DataParallel(tf.distribute.MirroredStrategy):
         )
 
 
-def _configure_collectives(extended, all_reduce, bytes_per_pack, wire) -> None:
-    """Applies the user's choices through MirroredStrategy's two hooks.
-
+def _configure_collectives(extended, all_reduce, bytes_per_pack) -> None:
+    """Applies the user's choices through MirroredStrategy's options hook:
     MirroredExtended merges `_communication_options` into every reduction it
-    launches and sends them through `_cross_device_ops`; setting those two is
-    how the choices reach TensorFlow's own collectives, with no reduction
-    code of ours.
-    """
+    launches, so they reach TensorFlow's own collectives."""
     options = extended._communication_options  # pylint: disable=protected-access
     implementation = {
         "ring": _Implementation.RING,
@@ -118,7 +115,3 @@ def _configure_collectives(extended, all_reduce, bytes_per_pack, wire) -> None:
     extended._communication_options = tf.distribute.experimental.CommunicationOptions(  # pylint: disable=protected-access
         bytes_per_pack=bytes_per_pack, implementation=implementation
     )
-    if wire is not None:
-        extended._cross_device_ops = compression_lib.CastingAllReduce(  # pylint: disable=protected-access
-            extended._cross_device_ops, wire  # pylint: disable=protected-access
-        )

@@ -66,7 +66,7 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
             raise ValueError(
                 f"all_reduce must be one of {list(ALL_REDUCE)}. Received: all_reduce={all_reduce!r}."
             )
-        wire = compression_lib.wire_dtype(compression)
+        compression_lib.wire_dtype(compression)  # validates the name
         if isinstance(bytes_per_pack, bool) or not isinstance(bytes_per_pack, int) or bytes_per_pack < 0:
             raise ValueError(
                 f"bytes_per_pack must be a whole number >= 0. Received: bytes_per_pack={bytes_per_pack!r}."
@@ -101,11 +101,7 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
                 "`python -m tfpar.launch`, which makes it when tfpar is imported."
             ) from error
         _CURRENT.append(self)
-        if wire is not None:
-            extended = self.extended
-            extended._cross_device_ops = compression_lib.CastingAllReduce(  # pylint: disable=protected-access
-                extended._cross_device_ops, wire  # pylint: disable=protected-access
-            )
+        compression_lib.install(self.extended, compression)
 
     def reduce(self, reduce_op, value, axis):
         # Keras 3 averages each step's scalar metrics with axis=0 under this
