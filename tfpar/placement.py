@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfpar import costs as costs_lib
 from tfpar import partition as partition_lib
+from tfpar.table import format_table
 
 
 @dataclasses.dataclass
@@ -159,11 +160,7 @@ class Placement:
 
     def __str__(self) -> str:
         header = ("stage", "device", "layers", "count", "params", "est. FLOPs/sample")
-        cells = [header] + [tuple(str(c) for c in r) for r in self.rows]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return format_table(self.rows, header, align="left")
 
 
 def placement_table(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]) -> Placement:

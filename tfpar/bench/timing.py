@@ -7,6 +7,8 @@ import time
 
 import keras
 
+from tfpar.table import format_table
+
 
 class EpochTimer(keras.callbacks.Callback):
     """Records the wall time of each epoch.
@@ -32,13 +34,5 @@ def median(values: list[float]) -> float:
 
 
 def table(rows: list[tuple], header: tuple) -> str:
-    """Formats rows as a fixed-width text table."""
-    cells = [tuple(str(c) for c in header)] + [tuple(_fmt(c) for c in row) for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    """Formats benchmark rows as a right-aligned text table."""
+    return format_table(rows, header)
