@@ -10,21 +10,39 @@ import numpy as np
 import tfpar
 
 
-def data():
+# The other reference models, for "every model under every strategy"; SGD
+# for the Transformer (see tests/models/test_transformer.py on Adam).
+KINDS = ("mlp", "cnn", "transformer")
+
+
+def data(kind="mlp"):
     rng = np.random.default_rng(1)
-    return rng.normal(size=(256, 12)).astype("float32"), rng.integers(0, 3, 256).astype("int32")
+    if kind == "transformer":
+        (x, y), _ = tfpar.datasets.reversal(samples=80, length=4, vocab_size=7, test_fraction=0.2)
+        return x, y
+    shape = (6, 6, 2) if kind == "cnn" else (12,)
+    return rng.normal(size=(256 if kind == "mlp" else 64, *shape)).astype("float32"), \
+        rng.integers(0, 3, 256 if kind == "mlp" else 64).astype("int32")
 
 
-def model(hidden=(16, 8)):
+def model(hidden=(16, 8), kind="mlp"):
     keras.utils.set_random_seed(0)
-    net = tfpar.models.mlp(12, 3, hidden=hidden)
-    net.compile(optimizer=keras.optimizers.Adam(0.01),
+    optimizer = keras.optimizers.Adam(0.01)
+    if kind == "cnn":
+        net = tfpar.models.residual_cnn((6, 6, 2), 3, filters=(4, 8), batch_norm=False)
+    elif kind == "transformer":
+        net = tfpar.models.transformer(7, 4, 4, width=8, heads=2, feed_forward=16,
+                                       encoder_blocks=1, decoder_blocks=1)
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    else:
+        net = tfpar.models.mlp(12, 3, hidden=hidden)
+    net.compile(optimizer=optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return net
 
 
-def reference(**fit_kwargs):
+def reference(kind="mlp", **fit_kwargs):
     """Single-process model.fit: the result multi-worker runs must match."""
-    net = model()
-    history = net.fit(*data(), **fit_kwargs)
+    net = model(kind=kind)
+    history = net.fit(*data(kind), **fit_kwargs)
     return net.get_weights(), history.history

@@ -7,7 +7,7 @@ Example:
     ...                                 strategy=tfpar.strategies.DataParallel(2))
 """
 
-from tfpar import datasets, models, strategies
+from tfpar import datasets, models, strategies, timeline
 from tfpar.devices import configure_devices
 from tfpar.fit import fit_distributed
 from tfpar.placement import describe_placement
@@ -32,4 +32,5 @@ __all__ = [
     "fit_distributed",
     "models",
     "strategies",
+    "timeline",
 ]

@@ -65,6 +65,55 @@ def partition(
     return _sizes(cut, num_stages, n)
 
 
+def chain_order(inputs_of: Sequence[Sequence[int]]) -> list[int]:
+    """A topological order of a layer graph that keeps each chain together.
+
+    Stages are contiguous runs of one order, so the order decides what a
+    split can separate. Keras lists layers by depth, which interleaves
+    parallel branches (an encoder and a decoder that meet only at
+    cross-attention): no cut then separates them. This order follows a chain
+    as far as it goes before starting another (depth first over ready
+    layers), taking ready layers in their given order.
+
+    Args:
+      inputs_of: for each layer, the indices of the layers it consumes
+        (layers with none consume only model inputs).
+
+    Returns:
+      The layer indices, each after every layer it consumes.
+
+    Raises:
+      ValueError: a cycle or an index out of range.
+
+    Example:
+        >>> # two chains 0->2 and 1->3, joined by 4
+        >>> chain_order([[], [], [0], [1], [2, 3]])
+        [0, 2, 1, 3, 4]
+    """
+    n = len(inputs_of)
+    waiting = [len(set(deps)) for deps in inputs_of]
+    consumers: list[list[int]] = [[] for _ in range(n)]
+    for node, deps in enumerate(inputs_of):
+        for dep in set(deps):
+            if not 0 <= dep < n:
+                raise ValueError(f"Layer {node} consumes layer {dep}, which does not exist (n={n}).")
+            consumers[dep].append(node)
+    stack = [node for node in reversed(range(n)) if not waiting[node]]
+    order = []
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        ready = []
+        for consumer in consumers[node]:
+            waiting[consumer] -= 1
+            if not waiting[consumer]:
+                ready.append(consumer)
+        stack.extend(sorted(ready, reverse=True))
+    if len(order) != n:
+        raise ValueError(f"The layer graph has a cycle through layers {sorted(set(range(n)) - set(order))}.")
+    return order
+
+
 def stage_times(
     costs: Sequence[float], sizes: Sequence[int], device_speeds: Sequence[float] | None = None
 ) -> list[float]:

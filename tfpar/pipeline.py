@@ -26,11 +26,18 @@ Inference (`evaluate`, `predict`) runs the stages in order on the whole batch.
 
 from __future__ import annotations
 
+import time
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfpar import schedule as schedule_lib
 from tfpar.placement import Graph
+
+
+def _now(_anchor) -> np.float64:
+    return np.float64(time.time())
 
 
 class _Plan:
@@ -90,6 +97,30 @@ class PipelineModel(keras.Model):
         """(stage, (kind, micro-batch)) of each task, in emission order."""
         return self._plan.order
 
+    @property
+    def task_needs(self) -> list:
+        """For each task in `task_order`, the indices of the tasks whose
+        outputs it waits for: the stage's previous task, the stages feeding
+        its inputs (forward) or the stages consuming its outputs (backward)."""
+        order = self._plan.order
+        stages = self._plan.graph.stages
+        producer = {key: stage.index for stage in stages for key in stage.output_keys}
+        position = {task: index for index, task in enumerate(order)}
+        needs, previous = [], {}
+        for stage_index, (kind, micro) in order:
+            stage = stages[stage_index]
+            if kind == "F":
+                deps = {(producer[k], ("F", micro)) for k in stage.input_keys if k in producer}
+            else:
+                outputs = set(stage.output_keys)
+                deps = {(other.index, ("B", micro)) for other in stages
+                        if other.index != stage_index and outputs & set(other.input_keys)}
+            if stage_index in previous:
+                deps.add(previous[stage_index])
+            needs.append(sorted(position[d] for d in deps))
+            previous[stage_index] = (stage_index, (kind, micro))
+        return needs
+
     def last_timeline(self):
         """Start and end seconds of each task of the last training step, in
         `task_order`; None unless built with record_timeline=True."""
@@ -125,7 +156,11 @@ class PipelineModel(keras.Model):
         timeline = self._plan.timeline
         stamps = []
         for stage_index, (kind, micro) in self._plan.order:
-            start = run.stamp(stage_index, run.task_inputs(stage_index, kind, micro)) if timeline is not None else None
+            if timeline is not None:
+                start = run.stamp(stage_index, run.task_inputs(stage_index, kind, micro))
+                # The task's ops wait for their start stamp, or the executor
+                # could run them before the stamp and the interval would lie.
+                run.last[stage_index] = list(run.last.get(stage_index, [])) + [start]
             if kind == "F":
                 run.forward(stage_index, micro)
             else:
@@ -167,8 +202,14 @@ class _Step:
 
     def stamp(self, index: int, after: list):
         """The time once `after` exists, measured on stage `index`'s device."""
+        # Not tf.timestamp: it is a stateful op, and tf.function chains every
+        # stateful op in program order, which would serialise the stages'
+        # tasks through their stamps. A stateless py-function is free of
+        # that chain; its one-element data input keeps Grappler from
+        # folding it into a constant.
         with tf.device(self.graph.stages[index].device), tf.control_dependencies(after):
-            return tf.timestamp()
+            anchor = tf.reshape(after[0], [-1])[:1]
+            return tf.numpy_function(_now, [anchor], tf.float64, stateful=False)
 
     def task_inputs(self, index: int, kind: str, micro: int) -> list:
         """What a task waits for: its stage's previous task and its inputs."""

@@ -66,9 +66,21 @@ def functional_view(model: keras.Model) -> keras.Model:
 
 
 def operations(model: keras.Model) -> list:
-    """The model's layers and ops in topological order, inputs left out."""
+    """The model's layers and ops in topological order, inputs left out.
+
+    The order follows each chain of layers to its end before starting
+    another (`partition.chain_order`), so parallel branches such as an
+    encoder and a decoder stay contiguous and a split can separate them.
+    """
     view = functional_view(model)
-    return [op for op in view.operations if not isinstance(op, keras.layers.InputLayer)]
+    ops = [op for op in view.operations if not isinstance(op, keras.layers.InputLayer)]
+    if any(len(getattr(op, "_inbound_nodes", [])) > 1 for op in ops):
+        return ops  # shared layers: build_stages rejects them with a clear error
+    producer = {id(t): index for index, op in enumerate(ops) for t in _flat(op.output)}
+    inputs_of = [
+        sorted({producer[id(t)] for t in _flat(op.input) if id(t) in producer}) for op in ops
+    ]
+    return [ops[index] for index in partition_lib.chain_order(inputs_of)]
 
 
 def stage_sizes(

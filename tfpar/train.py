@@ -1,31 +1,52 @@
 """The tfpar training binary: `python -m tfpar.train` (absl flags).
 
-Reads top to bottom in phases: devices, data, model, strategy, train,
+Reads top to bottom in phases: flags, devices, data, model, strategy, train,
 evaluate, save. With no flags it trains an MLP on the UCI digits that ship
 with scikit-learn, data parallel over every local device, and reports the
 held-out accuracy.
 
     python -m tfpar.train --virtual_devices=2 --epochs=20 --save=/tmp/digits.keras
+    python -m tfpar.train --dataset=reversal --strategy=gpipe --virtual_devices=2 \\
+        --microbatches=8 --timeline=/tmp/step
+    python -m tfpar.train --flagfile=job.flags
 """
 
 from __future__ import annotations
 
+import math
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from tfpar import datasets as datasets_lib
 
 FLAGS = flags.FLAGS
+MODELS = ("auto", "mlp", "cnn", "transformer")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+flags.DEFINE_enum("model", "auto", MODELS,
+                  "Reference model; auto: transformer for sequence pairs, cnn for images, mlp otherwise.")
+flags.DEFINE_string("dataset", "digits", f"One of: {', '.join(datasets_lib.DATASETS)}.")
 flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "split", "gpipe", "multi_worker"],
                   "How to spread training.")
-flags.DEFINE_integer("microbatches", 4, "Micro-batches per batch (gpipe).")
-flags.DEFINE_string("checkpoint_dir", None, "Save and resume training state here.")
-flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints (with --checkpoint_dir).")
 flags.DEFINE_integer("virtual_devices", None, "Split each CPU into this many logical devices.")
 flags.DEFINE_integer("devices", None, "Use the first N local devices (default: all).")
+flags.DEFINE_integer("microbatches", 4, "Micro-batches per batch (gpipe).")
+flags.DEFINE_string("balance", "auto",
+                    "Layers per stage (split, gpipe): params, flops, time, a list such as 5,3, or "
+                    "auto (the encoder/decoder split for the transformer on 2 devices, else params).")
+flags.DEFINE_enum("schedule", "gpipe", ["gpipe", "1f1b"], "Pipeline schedule (gpipe).")
+flags.DEFINE_bool("rematerialize", False, "Recompute stage activations in the backward (gpipe).")
 flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 flags.DEFINE_integer("epochs", 30, "Passes over the training data.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
+flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimizer.")
 flags.DEFINE_integer("seed", 0, "Seed for weights and data order.")
+flags.DEFINE_string("checkpoint_dir", None, "Save and resume training state here.")
+flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints (with --checkpoint_dir).")
+flags.DEFINE_string("tensorboard_dir", None, "Write TensorBoard logs here (the chief only).")
+flags.DEFINE_string("timeline", None,
+                    "Pipeline strategies: write the last step's timeline to PREFIX.png and "
+                    "PREFIX.json (Chrome trace) and print the measured bubble.")
 flags.DEFINE_string("save", None, "Write the trained model to this .keras path.")
 
 
@@ -38,53 +59,147 @@ def main(argv: list[str]) -> None:
     import tfpar
 
     strategy = _strategy(tfpar)
-    replicas = getattr(strategy, "num_replicas_in_sync", 1)
-    logging.info("strategy: %r", strategy)
-    logging.info(
-        "batch: global %d, per replica %d (%d replicas), per micro-batch %d",
-        FLAGS.batch_size, FLAGS.batch_size // replicas, replicas,
-        FLAGS.batch_size // replicas // getattr(strategy, "microbatches", 1),
-    )
-
-    (x, y), (x_test, y_test) = tfpar.datasets.digits(seed=FLAGS.seed)
-    logging.info("data: digits, %d train / %d test samples", len(x), len(x_test))
-
+    (x, y), (x_test, y_test) = _data(tfpar)
+    kind = _model_kind(x)
+    x, x_test = _shape_for(kind, x), _shape_for(kind, x_test)
     keras.utils.set_random_seed(FLAGS.seed)
-    model = tfpar.models.mlp(x.shape[1], 10)
+    model = _model(tfpar, kind, x, y)
+    print(f"data: {FLAGS.dataset}, {len(y)} train / {len(y_test)} test samples; model: {kind}, "
+          f"{model.count_params():,} parameters")
+    if FLAGS.strategy in ("split", "gpipe"):
+        strategy = _pipeline(tfpar, model, kind)
+    _print_setup(strategy)
     if FLAGS.strategy in ("split", "gpipe"):
         tfpar.describe_placement(model, strategy)
     model.compile(
-        optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+        optimizer=_optimizer(keras),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    callbacks = []
+    if FLAGS.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(FLAGS.tensorboard_dir))
+    if FLAGS.timeline:
+        callbacks.append(tfpar.timeline.PipelineTimeline(
+            png=f"{FLAGS.timeline}.png", trace=f"{FLAGS.timeline}.json"))
     start = time.perf_counter()
     tfpar.fit_distributed(
         model, x, y, strategy=strategy, batch_size=FLAGS.batch_size,
         epochs=FLAGS.epochs, validation_split=0.1, verbose=2, shuffle=not FLAGS.checkpoint_dir,
-        checkpoint_dir=FLAGS.checkpoint_dir,
+        callbacks=callbacks, checkpoint_dir=FLAGS.checkpoint_dir,
         checkpoint_every=FLAGS.checkpoint_every if FLAGS.checkpoint_dir else None,
     )
-    logging.info("trained in %.1f s", time.perf_counter() - start)
+    print(f"trained in {time.perf_counter() - start:.1f} s")
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    print(f"held-out accuracy: {accuracy:.4f} on {len(x_test)} test digits")
+    unit = "tokens" if kind == "transformer" else "samples"
+    print(f"held-out accuracy: {accuracy:.4f} on {len(y_test)} test samples ({unit} correct)")
     if FLAGS.save and getattr(strategy, "is_chief", True):
         model.save(FLAGS.save)
         print(f"saved model to {FLAGS.save}")
 
 
 def _strategy(tfpar):
-    """Devices phase: the strategy the flags ask for."""
+    """Devices phase: the data-parallel strategy, or the devices a pipeline gets."""
     if FLAGS.strategy == "multi_worker":
         # Before any other TensorFlow work: collectives are set at startup.
         return tfpar.strategies.MultiWorker.current()
     if FLAGS.virtual_devices:
         tfpar.configure_devices(cpu=FLAGS.virtual_devices)
-    if FLAGS.strategy == "split":
-        return tfpar.strategies.ModelSplit(FLAGS.devices)
-    if FLAGS.strategy == "gpipe":
-        return tfpar.strategies.GPipe(FLAGS.devices, microbatches=FLAGS.microbatches)
-    return tfpar.strategies.DataParallel(FLAGS.devices)
+    if FLAGS.strategy == "mirrored":
+        return tfpar.strategies.DataParallel(FLAGS.devices)
+    return None  # split / gpipe: made once the model is known (balance)
+
+
+def _data(tfpar):
+    try:
+        return tfpar.datasets.load(FLAGS.dataset, seed=FLAGS.seed)
+    except ValueError as error:
+        raise app.UsageError(f"--dataset: {error}") from error
+
+
+def _model_kind(x) -> str:
+    """Which reference model fits the data (checked against --model)."""
+    natural = "transformer" if isinstance(x, (list, tuple)) else ("cnn" if x.ndim == 4 else "mlp")
+    kind = natural if FLAGS.model == "auto" else FLAGS.model
+    fits = {
+        "transformer": isinstance(x, (list, tuple)),
+        "cnn": not isinstance(x, (list, tuple)) and (x.ndim == 4 or _square_side(x) is not None),
+        "mlp": not isinstance(x, (list, tuple)),
+    }
+    if not fits[kind]:
+        raise app.UsageError(
+            f"--model={kind} does not fit --dataset={FLAGS.dataset} (samples shaped "
+            f"{_shape_of(x)}). Use --model={natural} or --model=auto."
+        )
+    return kind
+
+
+def _model(tfpar, kind: str, x, y):
+    import numpy as np
+
+    classes = int(np.max(y)) + 1
+    if kind == "transformer":
+        vocab = int(max(np.max(x[0]), np.max(x[1]), np.max(y))) + 1
+        return tfpar.models.transformer(vocab, x[0].shape[1], x[1].shape[1])
+    if kind == "cnn":
+        return tfpar.models.residual_cnn(x.shape[1:], classes)
+    return tfpar.models.mlp(x.shape[1], classes)
+
+
+def _shape_for(kind: str, x):
+    """Samples as the model takes them: flat for the MLP, HxWxC for the CNN
+    (a square feature vector such as digits' 64 becomes 8x8x1)."""
+    if kind == "mlp":
+        return x.reshape(len(x), -1)
+    if kind == "cnn" and x.ndim == 2:
+        side = _square_side(x)
+        return x.reshape(len(x), side, side, 1)
+    return x
+
+
+def _pipeline(tfpar, model, kind: str):
+    """The split / gpipe strategy, with the balance the flags ask for."""
+    balance = FLAGS.balance
+    devices = FLAGS.devices
+    if balance == "auto":
+        two = (devices or len(tfpar.devices.local_devices())) == 2
+        balance = tfpar.models.encoder_decoder_balance(model) if kind == "transformer" and two else "params"
+    elif balance not in ("params", "flops", "time"):
+        balance = [int(v) for v in balance.split(",")]
+    try:
+        if FLAGS.strategy == "split":
+            strategy = tfpar.strategies.ModelSplit(devices, balance=balance)
+        else:
+            strategy = tfpar.strategies.GPipe(
+                devices, microbatches=FLAGS.microbatches, balance=balance, schedule=FLAGS.schedule,
+                rematerialize=FLAGS.rematerialize, record_timeline=bool(FLAGS.timeline))
+        strategy.sizes(model)  # a balance that does not fit the model fails here, not mid-run
+    except ValueError as error:
+        raise app.UsageError(f"--balance / --devices: {error}") from error
+    return strategy
+
+
+def _print_setup(strategy) -> None:
+    """Devices and the batch each of them sees."""
+    if FLAGS.strategy in ("split", "gpipe"):
+        devices = list(strategy.devices)
+        replicas, microbatches = 1, getattr(strategy, "microbatches", 1)
+    else:
+        devices = list(strategy.extended.worker_devices)
+        replicas, microbatches = strategy.num_replicas_in_sync, 1
+    print(f"strategy: {strategy!r}")
+    print(f"devices: {', '.join(devices)}")
+    per_replica = FLAGS.batch_size // replicas
+    print(f"batch: global {FLAGS.batch_size}, per replica {per_replica} ({replicas} "
+          f"replica{'s' if replicas > 1 else ''}), per micro-batch {per_replica // microbatches} "
+          f"({microbatches} micro-batch{'es' if microbatches > 1 else ''})")
+
+
+def _optimizer(keras):
+    return {
+        "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+        "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop,
+    }[FLAGS.optimizer](FLAGS.learning_rate)
 
 
 def _check_flags() -> None:
@@ -94,14 +209,47 @@ def _check_flags() -> None:
             raise app.UsageError(f"--{name} must be >= 1. Received: {getattr(FLAGS, name)}.")
     if FLAGS.learning_rate <= 0:
         raise app.UsageError(f"--learning_rate must be > 0. Received: {FLAGS.learning_rate}.")
-    if FLAGS.virtual_devices is not None and FLAGS.virtual_devices < 1:
-        raise app.UsageError(f"--virtual_devices must be >= 1. Received: {FLAGS.virtual_devices}.")
+    for name in ("virtual_devices", "devices"):
+        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
+            raise app.UsageError(f"--{name} must be >= 1. Received: {getattr(FLAGS, name)}.")
     if FLAGS.microbatches < 1:
         raise app.UsageError(f"--microbatches must be >= 1. Received: {FLAGS.microbatches}.")
     if FLAGS.checkpoint_every < 1:
         raise app.UsageError(f"--checkpoint_every must be >= 1. Received: {FLAGS.checkpoint_every}.")
     if FLAGS.save and not FLAGS.save.endswith(".keras"):
         raise app.UsageError(f"--save must end in .keras. Received: {FLAGS.save}.")
+    if FLAGS.balance not in ("auto", "params", "flops", "time"):
+        parts = FLAGS.balance.split(",")
+        if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise app.UsageError(
+                "--balance must be auto, params, flops, time or layer counts such as 5,3. "
+                f"Received: {FLAGS.balance!r}."
+            )
+    if FLAGS.timeline and FLAGS.strategy != "gpipe":
+        raise app.UsageError(
+            f"--timeline records a pipeline; use it with --strategy=gpipe. Received: "
+            f"--strategy={FLAGS.strategy}."
+        )
+    if FLAGS.strategy not in ("split", "gpipe"):
+        for name, default in (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False)):
+            if getattr(FLAGS, name) != default:
+                raise app.UsageError(
+                    f"--{name} applies to --strategy=split or gpipe. Received: "
+                    f"--{name}={getattr(FLAGS, name)} with --strategy={FLAGS.strategy}."
+                )
+
+
+def _square_side(x):
+    if x.ndim != 2:
+        return None
+    side = math.isqrt(x.shape[1])
+    return side if side * side == x.shape[1] else None
+
+
+def _shape_of(x) -> str:
+    if isinstance(x, (list, tuple)):
+        return " and ".join(str(tuple(v.shape[1:])) for v in x)
+    return str(tuple(x.shape[1:]))
 
 
 def run() -> None:

@@ -12,3 +12,4 @@ def test_multi_worker_benchmark_reports_scaling():
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "scaling efficiency:" in completed.stdout and "bytes_per_pack" in completed.stdout
+    assert "machine ceiling" in completed.stdout and "independent" in completed.stdout

@@ -32,12 +32,16 @@ import tfpar  # launched: makes the MultiWorker strategy before any TF op
 import multi_worker_job as job
 
 rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-saver = keras.callbacks.ModelCheckpoint(os.path.join(sys.argv[1], f"model_{{rank}}.keras"))
-model = job.model()
-history = tfpar.fit_distributed(model, *job.data(), strategy="multi_worker", callbacks=[saver], **{FIT!r})
-np.savez(os.path.join(sys.argv[1], f"weights_{{rank}}.npz"), *model.get_weights())
-with open(os.path.join(sys.argv[1], f"history_{{rank}}.json"), "w") as f:
-    json.dump(history.history, f)
+for kind in job.KINDS:
+    callbacks = []
+    if kind == "mlp":
+        callbacks.append(keras.callbacks.ModelCheckpoint(os.path.join(sys.argv[1], f"model_{{rank}}.keras")))
+    model = job.model(kind=kind)
+    history = tfpar.fit_distributed(model, *job.data(kind), strategy="multi_worker", callbacks=callbacks,
+                                    **{FIT!r})
+    np.savez(os.path.join(sys.argv[1], f"weights_{{kind}}_{{rank}}.npz"), *model.get_weights())
+    with open(os.path.join(sys.argv[1], f"history_{{kind}}_{{rank}}.json"), "w") as f:
+        json.dump(history.history, f)
 """
 
 
@@ -56,15 +60,16 @@ def test_two_workers_train_exactly_like_one_process(tmp_path):
     # Only the chief writes files; the other worker's checkpoint went to a
     # temporary directory.
     assert (tmp_path / "model_0.keras").exists() and not (tmp_path / "model_1.keras").exists()
-    weights = [list(np.load(tmp_path / f"weights_{r}.npz").values()) for r in (0, 1)]
-    histories = [json.loads((tmp_path / f"history_{r}.json").read_text()) for r in (0, 1)]
-    for a, b in zip(*weights):
-        np.testing.assert_array_equal(a, b)  # replicas stay bit-identical
-    expected_weights, expected_history = multi_worker_job.reference(**FIT)
-    assert_same_weights(weights[0], expected_weights)
-    assert histories[0] == histories[1]
-    for key, values in expected_history.items():
-        np.testing.assert_allclose(histories[0][key], values, rtol=1e-5, err_msg=key)
+    for kind in multi_worker_job.KINDS:  # every reference model
+        weights = [list(np.load(tmp_path / f"weights_{kind}_{r}.npz").values()) for r in (0, 1)]
+        histories = [json.loads((tmp_path / f"history_{kind}_{r}.json").read_text()) for r in (0, 1)]
+        for a, b in zip(*weights):
+            np.testing.assert_array_equal(a, b)  # replicas stay bit-identical
+        expected_weights, expected_history = multi_worker_job.reference(kind, **FIT)
+        assert_same_weights(weights[0], expected_weights)
+        assert histories[0] == histories[1]
+        for key, values in expected_history.items():
+            np.testing.assert_allclose(histories[0][key], values, rtol=1e-5, err_msg=f"{kind} {key}")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -2,5 +2,6 @@
 
 from tfpar.models.cnn import residual_cnn
 from tfpar.models.mlp import mlp
+from tfpar.models.transformer import encoder_decoder_balance, transformer
 
-__all__ = ["mlp", "residual_cnn"]
+__all__ = ["encoder_decoder_balance", "mlp", "residual_cnn", "transformer"]

@@ -1,0 +1,77 @@
+"""Pipeline timeline: intervals, measured bubble, Chrome trace, PNG, callback."""
+
+import json
+
+import pytest
+
+import tfpar
+from tfpar import schedule
+from tfpar.strategies import DataParallel, GPipe
+from tfpar.timeline import Interval, PipelineTimeline, chrome_trace, ideal_bubble, intervals, measured_bubble
+
+from conftest import build_mlp, compile_model, make_data
+
+
+def test_intervals_shift_to_zero_and_cap_late_end_stamps():
+    order = [(0, ("F", 0)), (1, ("F", 0)), (0, ("F", 1))]
+    stamps = [(100.0, 100.9), (100.5, 101.0), (100.6, 100.8)]
+    # Task 1 and task 2 waited for task 0: task 0 cannot have ended after 100.5.
+    tasks = intervals(order, stamps, needs=[[], [0], [0]])
+    assert tasks[0] == Interval(0, "F", 0, 0.0, pytest.approx(0.5))
+    assert tasks[1].start == pytest.approx(0.5) and tasks[1].end == pytest.approx(1.0)
+    raw = intervals(order, stamps)
+    assert raw[0].end == pytest.approx(0.9)  # without needs, stamps as they are
+
+
+def test_intervals_need_a_stamp_per_task():
+    with pytest.raises(ValueError, match="one \\(start, end\\) stamp per task. Received 2 tasks and 1 stamps"):
+        intervals([(0, ("F", 0)), (1, ("F", 0))], [(0.0, 1.0)])
+
+
+def test_bubble_of_the_ideal_gpipe_clock_equals_the_formula():
+    # Lay out the ideal schedule with unit forward and backward ticks: its
+    # idle share is exactly (K-1)/(M+K-1), independently of this module.
+    for k, m in [(2, 1), (2, 4), (3, 4), (4, 8)]:
+        events = schedule.clock(schedule.per_stage("gpipe", k, m), forward_ticks=1, backward_ticks=1)
+        tasks = [Interval(stage, kind, micro, start, start + 1) for start, stage, (kind, micro) in events]
+        assert measured_bubble(tasks) == pytest.approx((k - 1) / (m + k - 1))
+        assert ideal_bubble(tasks) == pytest.approx((k - 1) / (m + k - 1))
+
+
+def test_overlapping_tasks_count_once():
+    tasks = [Interval(0, "F", 0, 0, 2), Interval(0, "F", 1, 1, 3), Interval(1, "F", 0, 0, 4)]
+    assert measured_bubble(tasks) == pytest.approx(1 - (3 + 4) / (2 * 4))
+
+
+def test_chrome_trace_has_a_named_row_per_stage_and_microsecond_events():
+    trace = chrome_trace([Interval(0, "F", 0, 0.0, 0.002), Interval(1, "B", 3, 0.002, 0.005)],
+                         devices=["/cpu:0", "/cpu:1"])
+    names = [e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M"]
+    assert names == ["stage 0 (/cpu:0)", "stage 1 (/cpu:1)"]
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert [(e["name"], e["tid"], e["ts"], e["dur"]) for e in events] == [
+        ("F0", 0, 0.0, 2000.0), ("B3", 1, 2000.0, 3000.0)]
+
+
+def test_callback_writes_png_and_trace_and_reports_the_bubble(tmp_path, capsys):
+    x, y = make_data(96)
+    callback = PipelineTimeline(png=str(tmp_path / "step.png"), trace=str(tmp_path / "step.json"))
+    tfpar.fit_distributed(compile_model(build_mlp()), x, y, batch_size=32, epochs=2, verbose=0,
+                          strategy=GPipe(2, microbatches=4, record_timeline=True), callbacks=[callback])
+    assert (tmp_path / "step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = [e for e in json.loads((tmp_path / "step.json").read_text())["traceEvents"] if e["ph"] == "X"]
+    assert sorted((e["tid"], e["name"]) for e in events) == sorted(
+        (s, f"{k}{m}") for s in (0, 1) for k in "FB" for m in range(4))
+    assert len(callback.tasks) == 16 and 0.0 <= callback.bubble < 1.0
+    assert callback.ideal_bubble == pytest.approx(1 / 5)
+    assert "measured bubble" in capsys.readouterr().out
+
+
+def test_callback_needs_a_recording_pipeline():
+    x, y = make_data(32)
+    with pytest.raises(ValueError, match="record_timeline=True"):
+        tfpar.fit_distributed(compile_model(build_mlp()), x, y, batch_size=32, verbose=0,
+                              strategy=GPipe(2, microbatches=2), callbacks=[PipelineTimeline()])
+    with pytest.raises(ValueError, match="needs a pipelined model.*Received a model of type"):
+        tfpar.fit_distributed(compile_model(build_mlp()), x, y, batch_size=32, verbose=0,
+                              strategy=DataParallel(2), callbacks=[PipelineTimeline()])
