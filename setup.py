@@ -19,6 +19,7 @@ setup(
         "numpy",
         "absl-py",
         "scikit-learn",  # ships the UCI digits used by the default job
+        "matplotlib",  # pipeline timeline pictures
     ],
     extras_require={"test": ["pytest>=7", "tensorboard"]},
     entry_points={

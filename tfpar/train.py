@@ -91,8 +91,8 @@ def main(argv: list[str]) -> None:
     )
     print(f"trained in {time.perf_counter() - start:.1f} s")
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    unit = "tokens" if kind == "transformer" else "samples"
-    print(f"held-out accuracy: {accuracy:.4f} on {len(y_test)} test samples ({unit} correct)")
+    unit = " (share of target tokens right)" if kind == "transformer" else ""
+    print(f"held-out accuracy: {accuracy:.4f} on {len(y_test)} test samples{unit}")
     if FLAGS.save and getattr(strategy, "is_chief", True):
         model.save(FLAGS.save)
         print(f"saved model to {FLAGS.save}")
