@@ -6,6 +6,11 @@ from absl import app, flags
 from tfpar import train
 
 
+@pytest.fixture(autouse=True)
+def scratch_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --save writes tfpar_model.keras here
+
+
 def run(argv):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["tfpar.train", *argv])
@@ -13,12 +18,17 @@ def run(argv):
 
 
 def test_default_job_trains_digits_and_saves(tmp_path, capsys):
-    path = tmp_path / "digits.keras"
-    run(["--epochs=12", f"--save={path}"])
+    run(["--epochs=12"])
     out = capsys.readouterr().out
     accuracy = float(out.split("held-out accuracy: ")[1].split()[0])
     assert accuracy >= 0.9  # 12 epochs; the full default (30) reaches >= 0.95
-    assert path.exists()
+    assert "devices: " in out and "batch: global 64, per replica" in out
+    saved = tmp_path / "tfpar_model.keras"
+    assert f"saved model to tfpar_model.keras" in out and saved.exists()
+    import keras
+
+    restored = keras.models.load_model(saved)
+    assert restored.count_params() == int(out.split("model: mlp, ")[1].split()[0].replace(",", ""))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -180,6 +180,12 @@ class PipelineTimeline(keras.callbacks.Callback):
     Attributes:
       tasks: the `Interval`s of the last step (after training).
       bubble: the measured bubble fraction; ideal_bubble: the ideal one.
+
+    Example:
+        >>> timeline = PipelineTimeline(png="step.png", trace="step.json")
+        >>> tfpar.fit_distributed(model, x, y, batch_size=256, callbacks=[timeline],
+        ...     strategy=tfpar.strategies.GPipe(2, microbatches=8, record_timeline=True))
+        pipeline timeline of the last step: measured bubble 0.103, ideal (K-1)/(M+K-1) 0.111; ...
     """
 
     def __init__(self, png: str | None = None, trace: str | None = None, verbose: bool = True):

@@ -47,7 +47,8 @@ flags.DEFINE_string("tensorboard_dir", None, "Write TensorBoard logs here (the c
 flags.DEFINE_string("timeline", None,
                     "Pipeline strategies: write the last step's timeline to PREFIX.png and "
                     "PREFIX.json (Chrome trace) and print the measured bubble.")
-flags.DEFINE_string("save", None, "Write the trained model to this .keras path.")
+flags.DEFINE_string("save", "tfpar_model.keras",
+                    "Write the trained model to this .keras path ('' to skip).")
 
 
 def main(argv: list[str]) -> None:
