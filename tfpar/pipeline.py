@@ -133,6 +133,19 @@ class PipelineModel(keras.Model):
         # compiled model with its optimizer state.
         self.twin.compile(*args, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds metric and optimizer state before training only under
+        # a tf.distribute strategy, and a pipeline has none. Left to the
+        # first trace of the train step, that state would be created there,
+        # and tf.function traces a function that creates variables twice:
+        # for a large pipeline, most of the first epoch. Build it here, from
+        # one batch of a throwaway iterator, as Keras does under a strategy.
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = next(batches)
+                break
+        self._symbolic_build(data_batch=data_batch)
+
     def save(self, filepath, *args, **kwargs):
         """Saves the model in the caller's architecture (what callbacks such
         as ModelCheckpoint write): the twin, whose weights these are."""
