@@ -15,6 +15,7 @@ import warnings
 from typing import Protocol
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfpar import inputs, replica
@@ -85,19 +86,21 @@ class _Distribute:
         return replica.recreate(model, self.strategy.scope())
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
-        with self.strategy.scope(), _multi_worker_fix(model, self.strategy):
+        with self.strategy.scope(), _multi_worker_fix(model, self.strategy, x, y):
             return model.fit(x, y, **fit_kwargs)
 
 
 @contextlib.contextmanager
-def _multi_worker_fix(model: keras.Model, strategy):
+def _multi_worker_fix(model: keras.Model, strategy, x=None, y=None):
     """Lets Keras 3 fit run under MultiWorkerMirroredStrategy.
 
     Keras' up-front symbolic build reduces the first distributed batch across
     workers and crashes ("Attempt to convert a value (PerReplica ...)",
     keras-team/keras#20585). Without a recorded strategy Keras skips that
-    step and builds its metrics while tracing the first step instead; inside
-    the strategy's scope everything else still runs under the strategy.
+    step; inside the strategy's scope everything else still runs under the
+    strategy. The build is done here instead, from array inputs, so that no
+    metric or optimizer state is created while the first step is traced
+    (tf.function would then trace the step twice).
     """
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
         strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
@@ -105,6 +108,10 @@ def _multi_worker_fix(model: keras.Model, strategy):
     saved = getattr(model, "_distribute_strategy", None)
     if multi_worker:
         model._distribute_strategy = None  # pylint: disable=protected-access
+        arrays = [v for v in keras.tree.flatten((x, y)) if v is not None]
+        if arrays and all(isinstance(v, np.ndarray) for v in arrays):
+            first = keras.tree.map_structure(lambda v: None if v is None else v[:1], (x, y))
+            model._symbolic_build(data_batch=(*first, None))  # pylint: disable=protected-access
     try:
         yield
     finally:
