@@ -188,6 +188,11 @@ def _print_setup(strategy) -> None:
     else:
         devices = list(strategy.extended.worker_devices)
         replicas, microbatches = strategy.num_replicas_in_sync, 1
+    if FLAGS.batch_size % (replicas * microbatches):
+        raise app.UsageError(
+            f"--batch_size must be divisible by {replicas} replica(s) x {microbatches} "
+            f"micro-batch(es) = {replicas * microbatches}. Received: {FLAGS.batch_size}."
+        )
     print(f"strategy: {strategy!r}")
     print(f"devices: {', '.join(devices)}")
     per_replica = FLAGS.batch_size // replicas
