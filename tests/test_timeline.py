@@ -75,3 +75,25 @@ def test_callback_needs_a_recording_pipeline():
     with pytest.raises(ValueError, match="needs a pipelined model.*Received a model of type"):
         tfpar.fit_distributed(compile_model(build_mlp()), x, y, batch_size=32, verbose=0,
                               strategy=DataParallel(2), callbacks=[PipelineTimeline()])
+
+
+def test_recording_does_not_serialise_the_stages():
+    # Stamps that tf.function chained in program order (tf.timestamp is
+    # stateful) would force every task after the previous one: no two would
+    # overlap. Unchained, stage 1 works on micro-batch i while stage 0 works
+    # on i+1.
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    model = tfpar.models.mlp(256, 10, hidden=(512,) * 4)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2048, 256)).astype("float32"), rng.integers(0, 10, 2048)
+    callback = PipelineTimeline(verbose=False)
+    tfpar.fit_distributed(model, x, y, batch_size=1024, epochs=1, verbose=0, callbacks=[callback],
+                          strategy=GPipe(2, microbatches=4, record_timeline=True))
+    stage0 = [t for t in callback.tasks if t.stage == 0]
+    stage1 = [t for t in callback.tasks if t.stage == 1]
+    overlaps = [(a, b) for a in stage0 for b in stage1 if a.start < b.end and b.start < a.end]
+    assert overlaps, callback.tasks
