@@ -45,6 +45,7 @@ def test_default_job_trains_digits_and_saves(tmp_path, capsys):
     (["--strategy=gpipe", "--devices=2", "--microbatches=4", "--batch_size=30"],
      "--batch_size must be divisible by 1 replica\\(s\\) x 4 micro-batch\\(es\\) = 4. Received: 30"),
     (["--devices=2", "--batch_size=33"], "divisible by 2 replica.*Received: 33"),
+    (["--strategy=multi_worker", "--virtual_devices=2"], "--virtual_devices does not apply to --strategy=multi_worker"),
 ])
 def test_bad_flags_are_rejected_before_training(argv, message):
     with pytest.raises(app.UsageError, match=message):

@@ -236,6 +236,14 @@ def _check_flags() -> None:
             f"--timeline records a pipeline; use it with --strategy=gpipe. Received: "
             f"--strategy={FLAGS.strategy}."
         )
+    if FLAGS.strategy == "multi_worker":
+        for name in ("virtual_devices", "devices"):
+            if getattr(FLAGS, name) is not None:
+                raise app.UsageError(
+                    f"--{name} does not apply to --strategy=multi_worker: each worker trains "
+                    f"one replica per local device, set up when tfpar starts. Received: "
+                    f"--{name}={getattr(FLAGS, name)}."
+                )
     if FLAGS.strategy not in ("split", "gpipe"):
         for name, default in (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False)):
             if getattr(FLAGS, name) != default:
