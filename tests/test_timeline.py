@@ -97,3 +97,15 @@ def test_recording_does_not_serialise_the_stages():
     stage1 = [t for t in callback.tasks if t.stage == 1]
     overlaps = [(a, b) for a in stage0 for b in stage1 if a.start < b.end and b.start < a.end]
     assert overlaps, callback.tasks
+
+
+def test_callback_with_an_unknown_number_of_steps_shows_the_step_before_the_last():
+    import tensorflow as tf
+
+    x, y = make_data(96)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(32)
+    assert dataset.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    callback = PipelineTimeline(verbose=False)
+    tfpar.fit_distributed(compile_model(build_mlp()), dataset, epochs=1, verbose=0,
+                          strategy=GPipe(2, microbatches=2, record_timeline=True), callbacks=[callback])
+    assert len(callback.tasks) == 2 * 2 * 2 and 0.0 <= callback.bubble < 1.0

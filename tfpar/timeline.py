@@ -193,10 +193,10 @@ class PipelineTimeline(keras.callbacks.Callback):
         self.png, self.trace, self.verbose = png, trace, verbose
         self.tasks: list[Interval] = []
         self.bubble = self.ideal_bubble = None
-        self._epoch, self._stamps, self._previous = 0, None, None
+        self._epoch, self._recent = 0, ()
 
     def on_train_begin(self, logs=None):
-        self._epoch, self._stamps, self._previous = 0, None, None
+        self._epoch, self._recent = 0, ()
         if not hasattr(self.model, "last_timeline"):
             raise ValueError(
                 "PipelineTimeline needs a pipelined model: train with strategy "
@@ -215,19 +215,18 @@ class PipelineTimeline(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         # The last step of an epoch may be a smaller remainder batch, so the
         # step shown is the last epoch's second-to-last (a full batch). With
-        # an unknown number of steps, every step is read and the one before
-        # the last is kept.
+        # an unknown number of steps, every step is read and the last two
+        # are kept; the earlier of them is shown.
         steps, epochs = self.params.get("steps"), self.params.get("epochs", 1)
         if steps is None:
-            self._previous, self._stamps = self._stamps, self.model.last_timeline()
+            self._recent = (*self._recent[-1:], self.model.last_timeline())
         elif self._epoch == epochs - 1 and batch == max(steps - 2, 0):
-            self._stamps = self.model.last_timeline()
+            self._recent = (self.model.last_timeline(),)
 
     def on_train_end(self, logs=None):
-        stamps = self._stamps if self.params.get("steps") is not None else (self._previous or self._stamps)
-        if stamps is None:
+        if not self._recent:
             return  # no step ran
-        self.tasks = intervals(self.model.task_order, stamps, self.model.task_needs)
+        self.tasks = intervals(self.model.task_order, self._recent[0], self.model.task_needs)
         self.bubble, self.ideal_bubble = measured_bubble(self.tasks), ideal_bubble(self.tasks)
         devices = [stage.device for stage in self.model.stages]
         if self.png:
