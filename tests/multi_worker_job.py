@@ -20,9 +20,9 @@ def data(kind="mlp"):
     if kind == "transformer":
         (x, y), _ = tfpar.datasets.reversal(samples=80, length=4, vocab_size=7, test_fraction=0.2)
         return x, y
-    shape = (6, 6, 2) if kind == "cnn" else (12,)
-    return rng.normal(size=(256 if kind == "mlp" else 64, *shape)).astype("float32"), \
-        rng.integers(0, 3, 256 if kind == "mlp" else 64).astype("int32")
+    samples, shape = (64, (6, 6, 2)) if kind == "cnn" else (256, (12,))
+    return (rng.normal(size=(samples, *shape)).astype("float32"),
+            rng.integers(0, 3, samples).astype("int32"))
 
 
 def model(hidden=(16, 8), kind="mlp"):

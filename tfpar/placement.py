@@ -74,8 +74,8 @@ def operations(model: keras.Model) -> list:
     """
     view = functional_view(model)
     ops = [op for op in view.operations if not isinstance(op, keras.layers.InputLayer)]
-    if any(len(getattr(op, "_inbound_nodes", [])) > 1 for op in ops):
-        return ops  # shared layers: build_stages rejects them with a clear error
+    if _shared(ops):
+        return ops  # build_stages rejects shared layers with a clear error
     producer = {id(t): index for index, op in enumerate(ops) for t in _flat(op.output)}
     inputs_of = [
         sorted({producer[id(t)] for t in _flat(op.input) if id(t) in producer}) for op in ops
@@ -195,10 +195,15 @@ def _stage_index(sizes: Sequence[int]) -> list[int]:
     return [stage for stage, size in enumerate(sizes) for _ in range(size)]
 
 
+def _shared(ops) -> list[str]:
+    """Names of layers used more than once (a call each: an inbound node each)."""
+    return [op.name for op in ops if len(getattr(op, "_inbound_nodes", [])) > 1]
+
+
 def _check_not_shared(ops) -> None:
-    # A layer called twice has two inbound nodes; its two uses could fall in
-    # different stages, and one layer's variables live on one device.
-    shared = [op.name for op in ops if len(getattr(op, "_inbound_nodes", [])) > 1]
+    # A shared layer's uses could fall in different stages, and one layer's
+    # variables live on one device.
+    shared = _shared(ops)
     if shared:
         raise ValueError(
             f"Layers used more than once (shared) cannot be split into stages. "

@@ -23,6 +23,7 @@ from tfpar import datasets as datasets_lib
 FLAGS = flags.FLAGS
 MODELS = ("auto", "mlp", "cnn", "transformer")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+PIPELINES = ("split", "gpipe")  # strategies made once the model is known (balance)
 flags.DEFINE_enum("model", "auto", MODELS,
                   "Reference model; auto: transformer for sequence pairs, cnn for images, mlp otherwise.")
 flags.DEFINE_string("dataset", "digits", f"One of: {', '.join(datasets_lib.DATASETS)}.")
@@ -67,10 +68,11 @@ def main(argv: list[str]) -> None:
     model = _model(tfpar, kind, x, y)
     print(f"data: {FLAGS.dataset}, {len(y)} train / {len(y_test)} test samples; model: {kind}, "
           f"{model.count_params():,} parameters")
-    if FLAGS.strategy in ("split", "gpipe"):
+    pipelined = FLAGS.strategy in PIPELINES
+    if pipelined:
         strategy = _pipeline(tfpar, model, kind)
     _print_setup(strategy)
-    if FLAGS.strategy in ("split", "gpipe"):
+    if pipelined:
         tfpar.describe_placement(model, strategy)
     model.compile(
         optimizer=_optimizer(keras),
@@ -108,7 +110,7 @@ def _strategy(tfpar):
         tfpar.configure_devices(cpu=FLAGS.virtual_devices)
     if FLAGS.strategy == "mirrored":
         return tfpar.strategies.DataParallel(FLAGS.devices)
-    return None  # split / gpipe: made once the model is known (balance)
+    return None  # PIPELINES: made once the model is known
 
 
 def _data(tfpar):
@@ -182,7 +184,7 @@ def _pipeline(tfpar, model, kind: str):
 
 def _print_setup(strategy) -> None:
     """Devices and the batch each of them sees."""
-    if FLAGS.strategy in ("split", "gpipe"):
+    if FLAGS.strategy in PIPELINES:
         devices = list(strategy.devices)
         replicas, microbatches = 1, getattr(strategy, "microbatches", 1)
     else:
@@ -244,7 +246,7 @@ def _check_flags() -> None:
                     f"one replica per local device, set up when tfpar starts. Received: "
                     f"--{name}={getattr(FLAGS, name)}."
                 )
-    if FLAGS.strategy not in ("split", "gpipe"):
+    if FLAGS.strategy not in PIPELINES:
         for name, default in (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False)):
             if getattr(FLAGS, name) != default:
                 raise app.UsageError(
