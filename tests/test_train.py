@@ -36,6 +36,7 @@ def test_default_job_trains_digits_and_saves(tmp_path, capsys):
     (["--learning_rate=-1"], "--learning_rate must be > 0"),
     (["--save=/tmp/model.h5"], "--save must end in .keras"),
     (["--devices=0"], "--devices must be >= 1. Received: 0"),
+    (["--devices=9"], "--devices: devices=9 asks for 9 device\\(s\\) but 4 are available"),
     (["--balance=3,x", "--strategy=split"], "--balance must be auto, params.*Received: '3,x'"),
     (["--schedule=1f1b"], "--schedule applies to --strategy=split or gpipe.*--strategy=mirrored"),
     (["--timeline=/tmp/t", "--strategy=split"], "--timeline records a pipeline.*--strategy=split"),

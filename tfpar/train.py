@@ -109,7 +109,10 @@ def _strategy(tfpar):
     if FLAGS.virtual_devices:
         tfpar.configure_devices(cpu=FLAGS.virtual_devices)
     if FLAGS.strategy == "mirrored":
-        return tfpar.strategies.DataParallel(FLAGS.devices)
+        try:
+            return tfpar.strategies.DataParallel(FLAGS.devices)
+        except ValueError as error:
+            raise app.UsageError(f"--devices: {error}") from error
     return None  # PIPELINES: made once the model is known
 
 
