@@ -74,13 +74,16 @@ def fit_distributed(
     _check_checkpointing(checkpoint_dir, checkpoint_every, x, fit_kwargs)
     strategy = _strategy_for(model, strategy)
     inputs.check_not_empty(x)
+    inputs.check_shapes(model, x)
     runner = contract.for_strategy(strategy)
     runner.check_fit(x, fit_kwargs)
     writer = getattr(strategy, "is_chief", True)
+    home = _home_strategy(model) is strategy
+    if not home:
+        _build_from_data(model, x)
     state = checkpoint.load(checkpoint_dir) if checkpoint_dir else None
     if state is not None:
         checkpoint.restore(model, state)
-    home = _home_strategy(model) is strategy
     trained = model if home else runner.recreate(model)
     with chief.only_chief_writes(fit_kwargs.get("callbacks"), writer):
         if checkpoint_dir:
@@ -123,6 +126,17 @@ def _check_checkpointing(directory, every, x, fit_kwargs: dict) -> None:
             "inputs (numpy arrays or tensors) without steps_per_epoch. Received: "
             f"x of type {type(x).__name__}, steps_per_epoch={fit_kwargs.get('steps_per_epoch')!r}."
         )
+
+
+def _build_from_data(model: keras.Model, x) -> None:
+    """Builds an unbuilt Sequential from the data's shape, as `model.fit`
+    does on its first batch: its own initializers then draw the initial
+    weights, which the twin copies (a clone's initializers draw others)."""
+    if model.built or not isinstance(model, keras.Sequential):
+        return
+    shapes = inputs.input_shapes(x)
+    if isinstance(shapes, list) and len(shapes) == 1:
+        model.build((None, *shapes[0][1:]))
 
 
 def _home_strategy(model: keras.Model):

@@ -52,6 +52,65 @@ def global_batch(x, fit_kwargs: dict) -> int | None:
     return fit_kwargs.get("batch_size") or KERAS_DEFAULT_BATCH
 
 
+def input_shapes(x):
+    """The full shape of each input array in `x` (for a Dataset, of its
+    element spec, batch dimension None): a dict by name for dict inputs,
+    else a list in order. None when it cannot be read without consuming
+    data (a PyDataset, a generator)."""
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        parts = spec[0] if isinstance(spec, tuple) else spec
+        shape_of = lambda s: tuple(s.shape)  # noqa: E731
+    elif is_array_like(x):
+        parts, shape_of = x, lambda a: tuple(np.shape(a))  # noqa: E731
+    else:
+        return None
+    if isinstance(parts, dict):
+        return {k: shape_of(v) for k, v in parts.items()}
+    if isinstance(parts, (list, tuple)):
+        return [shape_of(v) for v in parts]
+    return [shape_of(parts)]
+
+
+def check_shapes(model: keras.Model, x) -> None:
+    """Raises a clear error when `x` does not fit the model's inputs.
+
+    Checked: the number of inputs, and each per-sample dimension that the
+    model fixes, for a built model with `inputs` (Sequential or functional).
+
+    Raises:
+      ValueError: the wrong number of inputs, or a per-sample shape that
+        differs from the model's.
+    """
+    expected = getattr(model, "inputs", None) if model.built else None
+    received = input_shapes(x)
+    if not expected or received is None:
+        return
+    if isinstance(received, dict):
+        by_name = {t.name: t for t in expected}
+        if not set(received) <= set(by_name):
+            return  # Keras matches dict inputs its own ways; let it decide
+        pairs = [(name, by_name[name], received[name]) for name in received]
+    elif len(received) != len(expected):
+        raise ValueError(
+            f"Model {model.name!r} takes {len(expected)} input(s) "
+            f"{[t.name for t in expected]}. Received: x with {len(received)} array(s)."
+        )
+    else:
+        pairs = [(index, t, shape) for index, (t, shape) in enumerate(zip(expected, received))]
+    for which, tensor, shape in pairs:
+        want = tuple(tensor.shape)
+        if len(want) != len(shape) or any(
+            w is not None and r is not None and w != r for w, r in zip(want[1:], shape[1:])
+        ):
+            raise ValueError(
+                f"Input {which!r} of model {model.name!r} must have per-sample shape "
+                f"{want[1:]} (the model's input {tensor.name!r} has shape {want}). "
+                f"Received: data of shape {shape}. Pass data that matches the "
+                "model's inputs, or rebuild the model for this data."
+            )
+
+
 def _first_array(x):
     if isinstance(x, (np.ndarray, tf.Tensor)) or (
         hasattr(x, "shape") and hasattr(x, "__len__") and not isinstance(x, keras.utils.PyDataset)

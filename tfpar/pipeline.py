@@ -52,6 +52,10 @@ class _Plan:
         sequences = schedule_lib.per_stage(schedule, len(graph.stages), microbatches)
         self.order = schedule_lib.emission_order(sequences)
         self.accumulators = {}
+        self.in_train_step = False
+        # Which trainable weights one-device training gives a gradient
+        # (True) or not, found by tracing the unsplit model once.
+        self.expected_gradients = None
         self.timeline = None
         if record_timeline:
             # Start and end time (seconds since the epoch) of each task of the
@@ -60,6 +64,35 @@ class _Plan:
                 self.timeline = tf.Variable(
                     tf.zeros((len(self.order), 2), tf.float64), trainable=False, name="pipeline_timeline"
                 )
+
+
+    def check_gradients(self, variables, grads) -> None:
+        """Raises unless exactly the weights that get a gradient on one
+        device got one here: a lost gradient is an error, never zeros."""
+        if self.expected_gradients is None:
+            return
+        lost = [v.path for v, g, e in zip(variables, grads, self.expected_gradients) if e and g is None]
+        extra = [v.path for v, g, e in zip(variables, grads, self.expected_gradients) if g is not None and not e]
+        if lost or extra:
+            where = {name: stage.index for stage in self.graph.stages for name in stage.layer_names}
+            raise ValueError(
+                "The pipeline's gradients differ from one-device training: "
+                + (f"no gradient reached {_with_stages(lost, where)}, which one device "
+                   "trains; " if lost else "")
+                + (f"{_with_stages(extra, where)} got a gradient that one device does "
+                   "not give; " if extra else "")
+                + "tfpar refuses to train rather than substitute zeros. Please report "
+                "this model to tfpar; meanwhile use a data-parallel strategy."
+            )
+
+
+def _with_stages(paths: list, stage_of_layer: dict) -> str:
+    def stage(path):
+        for part in path.split("/"):
+            if part in stage_of_layer:
+                return f" (stage {stage_of_layer[part]})"
+        return ""
+    return ", ".join(f"{path!r}{stage(path)}" for path in paths)
 
 
 class PipelineModel(keras.Model):
@@ -145,6 +178,28 @@ class PipelineModel(keras.Model):
                 data_batch = next(batches)
                 break
         self._symbolic_build(data_batch=data_batch)
+        if self._plan.expected_gradients is None and data_batch is not None:
+            self._plan.expected_gradients = self._one_device_gradients(data_batch)
+
+    def _one_device_gradients(self, data_batch) -> list[bool]:
+        """Which trainable weights get a gradient when the unsplit model
+        trains on one device: a trace of the twin, never run."""
+        specs = keras.tree.map_structure(
+            lambda t: None if t is None else tf.TensorSpec(t.shape, t.dtype), tuple(data_batch))
+        found = []
+
+        def step(data):
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            with tf.GradientTape() as tape:
+                y_pred = self.twin(x, training=True)
+                loss = self.twin.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                              training=True)
+            grads = tape.gradient(loss, self.twin.trainable_variables)
+            found[:] = [g is not None for g in grads]
+            return loss
+
+        tf.function(step).get_concrete_function(specs)
+        return found
 
     def save(self, filepath, *args, **kwargs):
         """Saves the model in the caller's architecture (what callbacks such
@@ -163,7 +218,23 @@ class PipelineModel(keras.Model):
             env.update(zip(stage.output_keys, outputs))
         return keras.tree.pack_sequence_as(graph.output_struct, [env[k] for k in graph.output_keys])
 
+    @property
+    def losses(self):
+        if self._plan.in_train_step:
+            # In a training step each stage differentiates the losses its
+            # layers added; what remains for `compute_loss` are the weight
+            # regularizers, which read the variables directly.
+            return [v.regularizer(v) for v in self.trainable_weights if v.regularizer is not None]
+        return super().losses
+
     def train_step(self, data):
+        self._plan.in_train_step = True
+        try:
+            return self._train_step(data)
+        finally:
+            self._plan.in_train_step = False
+
+    def _train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         run = _Step(self, x, y, sample_weight)
         timeline = self._plan.timeline
@@ -183,6 +254,7 @@ class PipelineModel(keras.Model):
         if timeline is not None:
             timeline.assign(tf.stack(stamps))
         grads = run.gradients()
+        self._plan.check_gradients(self.trainable_variables, grads)
         self.optimizer.apply(grads, self.trainable_variables)
         y_pred = run.predictions()
         self._loss_tracker.update_state(run.total_loss, sample_weight=run.batch)  # pylint: disable=protected-access
@@ -206,11 +278,13 @@ class _Step:
         self.y = _split_structure(y, split, m)
         self.sample_weight = _split_structure(sample_weight, split, m)
         self.env = [dict(zip(self.graph.input_keys, self.x[i])) for i in range(m)]
+        # (tensor key, source kind) -> gradient, per micro-batch.
         self.grad_env = [{} for _ in range(m)]
         self.saved = {}  # (stage, micro) -> tape and tensors for its backward
         self.last = {}  # stage -> tensors of its previous task, to chain on
         self.accumulators = plan.accumulators
         self.started = set()  # ids of weights whose buffer holds this step's sum
+        self.sparse = {}  # id of weight -> its IndexedSlices gradients this step
         self.total_loss = 0.0
 
     def stamp(self, index: int, after: list):
@@ -230,7 +304,7 @@ class _Step:
         prev = list(self.last.get(index, []))
         if kind == "F":
             return prev + [self.env[micro][k] for k in stage.input_keys]
-        return prev + [g for g in (self.grad_env[micro].get(k) for k in stage.output_keys) if g is not None]
+        return prev + [g for k in stage.output_keys for g in _upstream(self.grad_env[micro], k)]
 
     def forward(self, index: int, micro: int) -> None:
         stage = self.graph.stages[index]
@@ -240,14 +314,22 @@ class _Step:
             if self.rematerialize:
                 state = _state_snapshot(stage)
                 outputs = _run(stage, inputs, True)
+                added = _added_losses(stage)
                 self.saved[(index, micro)] = (inputs, state)
             else:
                 with tf.GradientTape() as tape:
                     tape.watch(_differentiable(inputs))
                     outputs = _run(stage, inputs, True)
-                self.saved[(index, micro)] = (inputs, tape, outputs)
+                    added = _added_losses(stage)
+                self.saved[(index, micro)] = (inputs, tape, outputs, added)
             env.update(zip(stage.output_keys, outputs))
             done = list(outputs)
+            if added is not None:
+                # Losses added in the stage (add_loss, activity regularizers)
+                # are means over the micro-batch, as Keras' are over the
+                # batch: each counts by its share, like the compiled loss.
+                self.total_loss = self.total_loss + self._share(micro, added.dtype) * added
+                done.append(added)
             if index == len(self.graph.stages) - 1:
                 done += self._loss(micro)
         self.last[index] = done
@@ -257,17 +339,31 @@ class _Step:
         grad_env = self.grad_env[micro]
         variables = stage.model.trainable_variables
         with tf.device(stage.device), tf.control_dependencies(self.last.get(index, [])):
-            upstream = [grad_env.get(k) for k in stage.output_keys]
+            arrived = [g for k in stage.output_keys for g in _upstream(grad_env, k)]
             if self.rematerialize:
-                inputs, tape, outputs = self._recompute(stage, micro, upstream)
+                inputs, tape, outputs, added = self._recompute(stage, micro, arrived)
             else:
-                inputs, tape, outputs = self.saved.pop((index, micro))
-            upstream = [tf.zeros_like(o) if g is None else g for o, g in zip(outputs, upstream)]
+                inputs, tape, outputs, added = self.saved.pop((index, micro))
+            # Only outputs that received a gradient are differentiated: a
+            # missing upstream gradient is never replaced by zeros (the
+            # gradient check in `train_step` names what goes missing).
+            targets, upstream = [], []
+            for key, output in zip(stage.output_keys, outputs):
+                for kind, source in loss_sources(output):
+                    grad = grad_env.get((key, kind))
+                    if grad is not None:
+                        targets.append(source)
+                        upstream.append(grad)
+            if added is not None:
+                targets.append(added)
+                upstream.append(self.model.optimizer.scale_loss(self._share(micro, added.dtype)))
+            if not targets:
+                return
             keys, sources = _differentiable_keyed(stage.input_keys, inputs)
-            grads = tape.gradient(outputs, sources + list(variables), output_gradients=upstream)
+            grads = tape.gradient(targets, sources + list(variables), output_gradients=upstream)
             for key, grad in zip(keys, grads[: len(sources)]):
                 if key not in self.graph.input_keys:  # model inputs need no gradient
-                    self._add(grad_env, key, grad)
+                    self._add(grad_env, (key, "value"), grad)
             for variable, grad in zip(variables, grads[len(sources):]):
                 self._accumulate(variable, grad)
         self.last[index] = [g for g in grads if g is not None] or self.last.get(index, [])
@@ -278,42 +374,56 @@ class _Step:
         # would run it early and hold the activations it exists to drop.
         with tf.control_dependencies([g for g in upstream if g is not None]):
             inputs = [tf.identity(t) for t in inputs]
-        with keras.StatelessScope(state_mapping=state), tf.GradientTape() as tape:
+        with keras.StatelessScope(state_mapping=state, collect_losses=True) as scope, \
+                tf.GradientTape() as tape:
             tape.watch(_differentiable(inputs))
             outputs = _run(stage, inputs, True)
-        return inputs, tape, outputs
+            added = tf.add_n(scope.losses) if scope.losses else None
+        return inputs, tape, outputs, added
 
     def _loss(self, micro: int) -> list:
         graph = self.graph
         env = self.env[micro]
         predictions = [env[k] for k in graph.output_keys]
+        # A loss may read a tensor other than the prediction itself: Keras
+        # computes crossentropy from the logits a softmax or sigmoid left on
+        # its output. Each such source is watched, and its gradient goes to
+        # the stage that made it, which differentiates that same source.
+        watched = [(key, kind, source) for key, p in zip(graph.output_keys, predictions)
+                   for kind, source in loss_sources(p)]
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            tape.watch(predictions)
+            tape.watch([source for _, _, source in watched])
             y_pred = keras.tree.pack_sequence_as(graph.output_struct, predictions)
             loss = self.model.compute_loss(
                 x=self.x[micro], y=self.y[micro], y_pred=y_pred,
                 sample_weight=self.sample_weight[micro], training=True,
             )
             # Each micro-batch's mean loss counts by its share of the batch.
-            share = tf.cast(self.sizes[micro], loss.dtype) / tf.cast(self.batch, loss.dtype)
-            weighted = loss * share
+            weighted = loss * self._share(micro, loss.dtype)
             scaled = self.model.optimizer.scale_loss(weighted)
-        grads = tape.gradient(scaled, predictions + list(variables))
-        for key, grad in zip(graph.output_keys, grads[: len(predictions)]):
-            self._add(self.grad_env[micro], key, grad)
+        grads = tape.gradient(scaled, [source for _, _, source in watched] + list(variables))
+        for (key, kind, _), grad in zip(watched, grads[: len(watched)]):
+            self._add(self.grad_env[micro], (key, kind), grad)
         # Direct paths from loss to weights (regularizers) bypass the stages.
-        for variable, grad in zip(variables, grads[len(predictions):]):
+        for variable, grad in zip(variables, grads[len(watched):]):
             with tf.device(variable.value.device):
                 self._accumulate(variable, grad)
         self.total_loss = self.total_loss + weighted
         return [scaled]
 
+    def _share(self, micro: int, dtype):
+        return tf.cast(self.sizes[micro], dtype) / tf.cast(self.batch, dtype)
+
     def _accumulate(self, variable, grad) -> None:
         if grad is None:
             return
         if isinstance(grad, tf.IndexedSlices):
-            grad = tf.convert_to_tensor(grad)
+            # Kept sparse, as one device hands them to the optimizer: Keras
+            # applies IndexedSlices row by row (Adam squares each entry), so
+            # densifying would change the update where token ids repeat.
+            self.sparse.setdefault(id(variable), []).append(grad)
+            return
         buffer = self.accumulators[id(variable)]
         if id(variable) in self.started:
             buffer.assign_add(grad)
@@ -322,10 +432,23 @@ class _Step:
             self.started.add(id(variable))
 
     def gradients(self) -> list:
-        return [
-            self.accumulators[id(v)].read_value() if id(v) in self.started else None
-            for v in self.model.trainable_variables
-        ]
+        """The step's summed gradient of each trainable weight (None: none)."""
+        grads = []
+        for variable in self.model.trainable_variables:
+            key = id(variable)
+            dense = self.accumulators[key].read_value() if key in self.started else None
+            sparse = self.sparse.get(key)
+            if sparse:
+                sparse = tf.IndexedSlices(
+                    tf.concat([s.values for s in sparse], axis=0),
+                    tf.concat([s.indices for s in sparse], axis=0),
+                    sparse[0].dense_shape,
+                )
+                # One tape sums a dense and a sparse gradient into a dense one.
+                grads.append(sparse if dense is None else dense + tf.convert_to_tensor(sparse))
+            else:
+                grads.append(dense)
+        return grads
 
     def predictions(self):
         graph = self.graph
@@ -337,6 +460,7 @@ class _Step:
 
     @staticmethod
     def _add(table: dict, key, grad) -> None:
+        """Sums gradients reaching one tensor (a skip read by two stages)."""
         if grad is None:
             return
         if isinstance(grad, tf.IndexedSlices):
@@ -359,6 +483,32 @@ def _split_structure(structure, split, parts: int) -> list:
     return [keras.tree.pack_sequence_as(structure, [p[i] for p in pieces]) for i in range(parts)]
 
 
+# The op types whose input Keras' losses read in place of their output when
+# no `_keras_logits` is attached (keras/src/backend/tensorflow/nn.py
+# `_get_logits`; checked on Keras 3.15).
+_LOGIT_OPS = ("Softmax", "Sigmoid")
+
+
+def loss_sources(tensor) -> list[tuple[str, object]]:
+    """The tensors a Keras loss may differentiate through for `tensor`.
+
+    Itself ("value"), and the logits that Keras' crossentropies read instead
+    of a softmax/sigmoid output: `tensor._keras_logits` ("logits") or, for a
+    raw softmax/sigmoid op, that op's input ("op_input").
+    """
+    sources = [("value", tensor)]
+    logits = getattr(tensor, "_keras_logits", None)
+    if logits is not None:
+        sources.append(("logits", logits))
+    elif getattr(getattr(tensor, "op", None), "type", None) in _LOGIT_OPS:
+        sources.append(("op_input", tensor.op.inputs[0]))
+    return sources
+
+
+def _upstream(grad_env: dict, key) -> list:
+    return [g for (k, _), g in grad_env.items() if k == key]
+
+
 def _differentiable(tensors) -> list:
     return [t for t in tensors if t.dtype.is_floating or t.dtype.is_complex]
 
@@ -372,6 +522,15 @@ def _run(stage, inputs: list, training: bool) -> list:
     """Calls a stage's sub-model; always returns a list of its outputs."""
     outputs = stage.model(inputs, training=training)
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _added_losses(stage):
+    """The sum of the losses the stage's layers added in their last call
+    (`add_loss`, activity regularizers), or None; weight regularizers are
+    not among them (`PipelineModel.losses` counts those)."""
+    added = [loss for layer in stage.model._flatten_layers()  # pylint: disable=protected-access
+             for loss in layer._get_own_losses()]  # pylint: disable=protected-access
+    return tf.add_n([tf.cast(loss, "float32") for loss in added]) if added else None
 
 
 def _state_snapshot(stage) -> list:

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfpar import costs as costs_lib
 from tfpar import partition as partition_lib
+from tfpar import replica
 from tfpar.table import format_table
 
 
@@ -71,6 +72,9 @@ def operations(model: keras.Model) -> list:
     The order follows each chain of layers to its end before starting
     another (`partition.chain_order`), so parallel branches such as an
     encoder and a decoder stay contiguous and a split can separate them.
+    Besides layers, a functional graph holds plain ops: those Keras adds
+    itself (an Embedding's `mask_zero` mask is a `NotEqual`) and
+    `keras.ops` calls on symbolic tensors.
     """
     view = functional_view(model)
     ops = [op for op in view.operations if not isinstance(op, keras.layers.InputLayer)]
@@ -81,6 +85,37 @@ def operations(model: keras.Model) -> list:
         sorted({producer[id(t)] for t in _flat(op.input) if id(t) in producer}) for op in ops
     ]
     return [ops[index] for index in partition_lib.chain_order(inputs_of)]
+
+
+def layers(model: keras.Model) -> list:
+    """The layers that stages are balanced over, in `operations` order.
+
+    Plain ops (no weights) are not counted: `balance` lists and
+    `describe_placement` speak of layers only, and each op runs in the stage
+    of the first layer that reads its result (`op_stages`).
+    """
+    return [op for op in operations(model) if isinstance(op, keras.layers.Layer)]
+
+
+def op_stages(ops: Sequence, sizes: Sequence[int]) -> list[int]:
+    """The stage of each op in `ops` (`operations` order) under `sizes`
+    layers per stage: a layer's by the count, a plain op's the earliest
+    stage that reads its result (the last layer's before it if none does)."""
+    layer_stage = iter(_stage_index(sizes))
+    stages = [next(layer_stage) if isinstance(op, keras.layers.Layer) else None for op in ops]
+    preceding, last = [], 0
+    for stage in stages:
+        last = last if stage is None else stage
+        preceding.append(last)
+    consumers = {}
+    for index, op in enumerate(ops):
+        for tensor in _flat(op.input):
+            consumers.setdefault(id(tensor), []).append(index)
+    for index in reversed(range(len(ops))):  # consumers come later in the order
+        if stages[index] is None:
+            readers = [stages[j] for t in _flat(ops[index].output) for j in consumers.get(id(t), [])]
+            stages[index] = min(readers) if readers else preceding[index]
+    return stages
 
 
 def stage_sizes(
@@ -96,7 +131,7 @@ def stage_sizes(
       balance: "params" | "flops" | "time" (balance that cost) or an explicit
         list of layer counts per stage.
     """
-    ops = operations(model)
+    ops = layers(model)
     if not isinstance(balance, str):
         return partition_lib.check_sizes(balance, len(ops), num_stages)
     costs = costs_lib.layer_costs(ops, balance)
@@ -105,21 +140,68 @@ def stage_sizes(
 
 def device_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]):
     """A `clone_function` that builds each layer on its stage's device."""
-    device_of = {}
-    for op, stage in zip(operations(model), _stage_index(sizes)):
-        device_of[op.name] = devices[stage]
+    ops = operations(model)
+    device_of = {op.name: devices[stage] for op, stage in zip(ops, op_stages(ops, sizes))}
 
     def clone(layer):
-        device = device_of.get(layer.name, devices[0])
-        with tf.device(device):
+        with tf.device(device_of.get(layer.name, devices[0])):
             if isinstance(layer, keras.Model):
-                return keras.models.clone_model(layer)
-            twin = layer.__class__.from_config(layer.get_config())
-            if layer.built:
-                twin.build_from_config(layer.get_build_config())
+                return keras.models.clone_model(layer, clone_function=replica.clone_layer, recursive=True)
+            twin = replica.clone_layer(layer)
+            if isinstance(model, keras.Sequential) and _built_lazily(twin, layer):
+                # A layer that makes its sublayers in __init__ and has no
+                # build() gets their variables on its first call; a
+                # Sequential calls it outside this scope, so call it here.
+                twin.compute_output_spec(layer.input)
             return twin
 
     return clone
+
+
+def call_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]):
+    """A `call_function` for `clone_model` that calls each cloned layer of a
+    functional model under its stage's device: variables that a layer
+    creates on its first call (sublayers made in __init__) land there too."""
+    if isinstance(model, keras.Sequential):
+        return None  # clone_model takes none for Sequential; `clone` builds
+    ops = operations(model)
+    device_of = {op.name: devices[stage] for op, stage in zip(ops, op_stages(ops, sizes))}
+
+    def call(layer, *args, **kwargs):
+        with tf.device(device_of.get(layer.name, devices[0])):
+            return layer(*args, **kwargs)
+
+    return call
+
+
+def _built_lazily(twin, layer) -> bool:
+    return layer.built and len(twin.weights) < len(layer.weights)
+
+
+def check_devices(graph: "Graph") -> None:
+    """Raises unless every variable of each stage lives on its device.
+
+    Raises:
+      ValueError: variables placed elsewhere (named, with their devices).
+    """
+    misplaced = []
+    for stage in graph.stages:
+        want = tf.DeviceSpec.from_string(stage.device)
+        for variable in stage.model.variables:
+            have = tf.DeviceSpec.from_string(variable.value.device)
+            if (have.device_type or "").upper() != (want.device_type or "CPU").upper() or (
+                (want.device_index or 0) != (have.device_index or 0)
+            ) or (want.task is not None and want.task != have.task) or (
+                want.job is not None and want.job != have.job
+            ):
+                misplaced.append(f"{variable.path} on {variable.value.device} (stage {stage.index}: {stage.device})")
+    if misplaced:
+        raise ValueError(
+            "Each layer's variables must live on its stage's device. Received "
+            f"variables placed elsewhere: {misplaced[:5]}{' ...' if len(misplaced) > 5 else ''}. "
+            "A layer that creates variables outside build() or its first call "
+            "cannot be placed; give it a build() method that builds its sublayers."
+        )
 
 
 def build_stages(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]) -> Graph:
@@ -131,7 +213,7 @@ def build_stages(model: keras.Model, devices: Sequence[str], sizes: Sequence[int
     view = functional_view(model)
     ops = operations(view)
     _check_not_shared(ops)
-    stage_of_op = _stage_index(sizes)
+    stage_of_op = op_stages(ops, sizes)
     produced = {}  # tensor key -> stage that makes it (-1: a model input)
     for tensor in view.inputs:
         produced[id(tensor)] = -1
@@ -159,7 +241,8 @@ def build_stages(model: keras.Model, devices: Sequence[str], sizes: Sequence[int
             [tensors[k] for k in inputs], [tensors[k] for k in outputs],
             name=f"{view.name}_stage_{index}",
         )
-        stages.append(Stage(index, device, sub_model, inputs, outputs, [op.name for op in members]))
+        stages.append(Stage(index, device, sub_model, inputs, outputs,
+                            [op.name for op in members if isinstance(op, keras.layers.Layer)]))
     struct = getattr(view, "_outputs_struct", view.outputs)
     return Graph(stages, [id(t) for t in view.inputs], output_keys, struct, view)
 
@@ -177,7 +260,7 @@ class Placement:
 
 def placement_table(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]) -> Placement:
     """The placement of `model` with `sizes` layers per stage on `devices`."""
-    ops = operations(model)
+    ops = layers(model)
     rows, start = [], 0
     for index, (device, size) in enumerate(zip(devices, sizes)):
         members = ops[start : start + size]
@@ -254,7 +337,7 @@ def describe_placement(model: keras.Model, strategy, *, show: bool = True) -> Pl
     if hasattr(strategy, "describe"):
         table = strategy.describe(model)
     else:
-        ops = operations(model)
+        ops = layers(model)
         devices = list(strategy.extended.worker_devices)
         table = Placement([
             (i, d, f"all {len(ops)} layers (replica {i})", len(ops),

@@ -12,6 +12,7 @@ holds afterwards is what `model.fit` would have left.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 
 import keras
@@ -48,6 +49,7 @@ def recreate(
     scope: contextlib.AbstractContextManager,
     *,
     clone_function: Callable | None = None,
+    call_function: Callable | None = None,
     wrap: Callable[[keras.Model], keras.Model] | None = None,
 ) -> keras.Model:
     """Returns a compiled twin of `model` whose variables live in `scope`.
@@ -57,13 +59,15 @@ def recreate(
       scope: where the twin's variables are created (a strategy's scope).
       clone_function: builds each layer's twin (placement passes one that
         creates each layer's variables on its stage's device).
+      call_function: calls each cloned layer of a functional model (placement
+        calls it under its stage's device).
       wrap: turns the twin into the model that trains (a pipeline).
 
     Raises:
       ValueError: the model cannot be rebuilt from its config.
     """
     with scope:
-        twin = _clone(model, clone_function)
+        twin = _clone(model, clone_function, call_function)
         if model.built and not twin.built:
             twin.build_from_config(model.get_build_config())
         if twin.built:
@@ -87,7 +91,8 @@ def write_back(trained: keras.Model, model: keras.Model) -> None:
         _copy_values(trained.optimizer.variables, model.optimizer.variables, "optimizer state")
 
 
-def _clone(model: keras.Model, clone_function: Callable | None) -> keras.Model:
+def _clone(model: keras.Model, clone_function: Callable | None,
+           call_function: Callable | None) -> keras.Model:
     # clone_model also re-compiles a compiled model from its serialized
     # config, which fails for unregistered custom losses and would build an
     # optimizer we discard. The twin is compiled from the live objects
@@ -96,23 +101,76 @@ def _clone(model: keras.Model, clone_function: Callable | None) -> keras.Model:
     model.compiled = False
     try:
         if clone_function is None:
-            return keras.models.clone_model(model, recursive=True)
-        return keras.models.clone_model(model, clone_function=clone_function)
+            return keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+        return keras.models.clone_model(model, clone_function=clone_function,
+                                        call_function=call_function)
+    except RecreateError:
+        raise
     except Exception as error:  # Keras raises many types for a bad config.
-        raise ValueError(
-            f"tfpar could not recreate model {model.name!r} under the strategy "
-            f"({type(error).__name__}: {_first_sentence(error)}). A subclassed model needs "
-            "get_config()/from_config(); alternatively build and compile the "
-            "model inside `strategy.scope()` and pass that strategy, and "
-            "fit_distributed uses the model as it is."
-        ) from error
+        raise _not_recreated(model, error) from error
     finally:
         model.compiled = compiled
 
 
-def _first_sentence(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    return text.split(". ")[0][:300]
+class RecreateError(ValueError):
+    """A model or layer that tfpar cannot rebuild from its config."""
+
+
+def _not_recreated(model: keras.Model, error: Exception) -> RecreateError:
+    subclassed = not isinstance(model, keras.Sequential) and not hasattr(model, "operations")
+    return RecreateError(
+        f"tfpar could not recreate model {model.name!r} under the strategy: "
+        f"{type(error).__name__}: {' '.join(str(error).split())[:2000]} "
+        + ("A subclassed model needs get_config()/from_config(); alternatively "
+           if subclassed else "Check that each custom layer's get_config() returns "
+           "its constructor arguments; alternatively ")
+        + "build and compile the model inside `strategy.scope()` and pass that "
+        "strategy, and fit_distributed uses the model as it is."
+    )
+
+
+def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A fresh, unbuilt-or-built twin of `layer` with the same config.
+
+    Keras' `from_config` passes `name`, `trainable` and `dtype` to the
+    constructor; a custom layer whose `__init__` takes no `**kwargs` (as in
+    several keras.io examples) rejects them, so the twin is then made from
+    the arguments its constructor does take and given the three after.
+
+    Raises:
+      RecreateError: the layer cannot be rebuilt from its config.
+    """
+    if not isinstance(layer, keras.layers.Layer):  # a plain op: no state
+        return layer.__class__.from_config(layer.get_config())
+    config = layer.get_config()
+    try:
+        twin = layer.__class__.from_config(config)
+    except TypeError as error:
+        twin = _from_own_arguments(layer, config, error)
+    if layer.built and not twin.built:
+        twin.build_from_config(layer.get_build_config())
+    return twin
+
+
+_BASE_ARGUMENTS = ("name", "trainable", "dtype")
+
+
+def _from_own_arguments(layer, config: dict, error: TypeError):
+    parameters = inspect.signature(layer.__class__.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()) or any(
+        key not in parameters and key not in _BASE_ARGUMENTS for key in config
+    ):
+        raise RecreateError(
+            f"tfpar could not recreate layer {layer.name!r} of class "
+            f"{type(layer).__name__} from its config: {error}. Give the layer a "
+            "get_config() that returns its constructor arguments (and accept "
+            "**kwargs in __init__, passing them to super().__init__)."
+        ) from error
+    twin = layer.__class__(**{k: v for k, v in config.items() if k in parameters})
+    twin.name = layer.name
+    twin.trainable = layer.trainable
+    twin.dtype_policy = layer.dtype_policy
+    return twin
 
 
 def _fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:

@@ -67,10 +67,31 @@ def test_shared_layer_cannot_be_split():
         tfpar.fit_distributed(m, x, y, strategy=ModelSplit(2), verbose=0)
 
 
-def test_unbuilt_model_must_be_built_first():
+def test_sequential_without_input_is_built_from_the_data_as_fit_does():
+    def unbuilt():
+        keras.utils.set_random_seed(0)
+        return compile_model(keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(3)]))
+
+    reference = unbuilt()
+    reference.fit(x, y, batch_size=32, shuffle=False, verbose=0)
+    m = unbuilt()
+    tfpar.fit_distributed(m, x, y, batch_size=32, shuffle=False, strategy=ModelSplit(2), verbose=0)
+    for a, b in zip(weights_of(m), weights_of(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_that_cannot_be_built_from_the_data_is_refused():
     m = compile_model(keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(3)]))
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return x[:32], y[:32]
+
     with pytest.raises(ValueError, match=r"must be built before it is split.*keras.Input"):
-        tfpar.fit_distributed(m, x, y, strategy=ModelSplit(2), verbose=0)
+        tfpar.fit_distributed(m, Batches(), strategy=ModelSplit(2), verbose=0)
 
 
 def test_final_partial_batch_stays_exact():

@@ -130,7 +130,7 @@ def encoder_decoder_balance(model: keras.Model) -> list[int]:
     """
     from tfpar import placement  # Late: placement imports TensorFlow plumbing.
 
-    names = [op.name for op in placement.operations(model)]
+    names = [layer.name for layer in placement.layers(model)]
     if "decoder_embedding" not in names:
         raise ValueError(
             "encoder_decoder_balance needs a model made by tfpar.models.transformer "

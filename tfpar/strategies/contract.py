@@ -9,16 +9,15 @@ any `tf.distribute.Strategy` to them.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from typing import Protocol
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfpar import inputs, replica
+from tfpar.strategies.equal_shares import equal_shares
 
 
 class Runner(Protocol):
@@ -75,10 +74,9 @@ class _Distribute:
         check_divisible(
             x, fit_kwargs, self.strategy.num_replicas_in_sync, "replicas",
             uneven_note=(
-                "It is split unevenly across replicas and weighted per replica, "
-                "as in tf.distribute, so it differs slightly from one-device "
-                "training. Choose a batch_size that divides the sample count "
-                "for identical results."
+                "It is padded with zero-weight samples to an equal share per "
+                "replica, so training stays exact, except in layers that look "
+                "across the batch (BatchNormalization sees the padding)."
             ),
         )
 
@@ -86,34 +84,5 @@ class _Distribute:
         return replica.recreate(model, self.strategy.scope())
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
-        with self.strategy.scope(), _multi_worker_fix(model, self.strategy, x, y):
+        with self.strategy.scope(), equal_shares(model, self.strategy):
             return model.fit(x, y, **fit_kwargs)
-
-
-@contextlib.contextmanager
-def _multi_worker_fix(model: keras.Model, strategy, x=None, y=None):
-    """Lets Keras 3 fit run under MultiWorkerMirroredStrategy.
-
-    Keras' up-front symbolic build reduces the first distributed batch across
-    workers and crashes ("Attempt to convert a value (PerReplica ...)",
-    keras-team/keras#20585). Without a recorded strategy Keras skips that
-    step; inside the strategy's scope everything else still runs under the
-    strategy. The build is done here instead, from array inputs, so that no
-    metric or optimizer state is created while the first step is traced
-    (tf.function would then trace the step twice).
-    """
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
-    )
-    saved = getattr(model, "_distribute_strategy", None)
-    if multi_worker:
-        model._distribute_strategy = None  # pylint: disable=protected-access
-        arrays = [v for v in keras.tree.flatten((x, y)) if v is not None]
-        if arrays and all(isinstance(v, np.ndarray) for v in arrays):
-            first = keras.tree.map_structure(lambda v: None if v is None else v[:1], (x, y))
-            model._symbolic_build(data_batch=(*first, None))  # pylint: disable=protected-access
-    try:
-        yield
-    finally:
-        if multi_worker:
-            model._distribute_strategy = saved  # pylint: disable=protected-access

@@ -89,12 +89,14 @@ class ModelSplit:
                 f"Model {model.name!r} must be built before it is split into "
                 "stages: give it a keras.Input(...) or call model.build(input_shape)."
             )
+        _check_default_steps(model, type(self).__name__)
         if self.microbatches > 1:
             _check_mean_losses(model)
         sizes = self.sizes(model)
 
         def pipeline(twin: keras.Model) -> PipelineModel:
             graph = placement.build_stages(twin, self.devices, sizes)
+            placement.check_devices(graph)
             return PipelineModel(twin, graph, microbatches=self.microbatches,
                                  schedule=self.schedule, rematerialize=self.rematerialize,
                                  record_timeline=self.record_timeline)
@@ -102,6 +104,7 @@ class ModelSplit:
         return replica.recreate(
             model, contextlib.nullcontext(),
             clone_function=placement.device_function(model, self.devices, sizes),
+            call_function=placement.call_function(model, self.devices, sizes),
             wrap=pipeline,
         )
 
@@ -110,6 +113,24 @@ class ModelSplit:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(devices={self.devices}, balance={self.balance!r})"
+
+
+# What a pipeline runs in place of the model's own methods: overriding one
+# would be silently ignored, so it is refused.
+_PIPELINE_RUNS = ("train_step", "test_step", "predict_step", "compute_loss", "compute_metrics")
+
+
+def _check_default_steps(model: keras.Model, strategy: str) -> None:
+    custom = [name for name in _PIPELINE_RUNS
+              if getattr(type(model), name) is not getattr(keras.Model, name)]
+    if custom:
+        raise ValueError(
+            f"{strategy} runs its own training step, stage by stage, so a model that "
+            f"overrides {custom} cannot be split: those overrides would be ignored. "
+            f"Received: model {model.name!r} of class {type(model).__name__}. Train it "
+            "with a data-parallel strategy (DataParallel, MultiWorker), which runs your "
+            "step, or move the logic into layers and compiled losses and metrics."
+        )
 
 
 def _check_mean_losses(model: keras.Model) -> None:

@@ -1,0 +1,197 @@
+"""Uneven batches under data parallel: every replica gets an equal share.
+
+`tf.distribute` splits a batch that the replicas do not divide unevenly
+(103 samples on 2 replicas: 52 and 51; 1 sample: 1 and 0). Keras then fails
+before training (its first-batch build reduces the replicas' batches, whose
+shapes differ), a replica with no sample crashes some kernels, and the
+gradient is the mean of the replicas' means instead of the batch mean.
+
+`equal_shares` pads each such batch at its end, by repeating its first
+sample, up to a multiple of the replica count, and marks the rows: padding
+rows get loss weight 0 and real rows `padded / real` (for losses averaged
+over the batch), so every replica's mean, scaled by 1/replicas as Keras
+does, adds up to the mean over the real samples: the same gradient and
+loss as one device. Metrics are computed on the real rows only. Batches the
+replicas divide are unchanged (weights of exactly 1).
+
+What stays approximate on a padded batch: layers that look across the
+batch (BatchNormalization's statistics, activity regularizers' batch
+means) see the repeated rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import keras
+import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
+
+
+@contextlib.contextmanager
+def equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
+    """Trains and evaluates `model` under `strategy` with padded batches.
+
+    For the duration, the strategy's `experimental_distribute_dataset`
+    pads batches (only those with targets: prediction is left alone), and
+    the model's train and test steps read the padding marks. A model that
+    overrides `train_step` or `test_step` keeps its own steps and
+    tf.distribute's uneven split (a warning says so).
+    """
+    replicas = strategy.num_replicas_in_sync
+    custom = [name for name in ("train_step", "test_step")
+              if getattr(type(model), name) is not getattr(keras.Model, name)]
+    if replicas == 1:
+        yield
+        return
+    if custom:
+        warnings.warn(
+            f"Model {model.name!r} overrides {custom}, so tfpar cannot pad uneven "
+            "batches for it: a batch the replicas do not divide is split unevenly, "
+            "as in tf.distribute. Use a batch size that divides the sample count.",
+            stacklevel=4,
+        )
+        with _local_symbolic_build(model, strategy, marked=False):
+            yield
+        return
+    scale = _averaged_losses(model)
+    distribute = strategy.experimental_distribute_dataset
+    strategy.experimental_distribute_dataset = lambda dataset, options=None: distribute(
+        pad_dataset(dataset, replicas, scale_real=scale), options)
+    steps = _MarkedSteps(model)
+    steps.install()
+    try:
+        with _local_symbolic_build(model, strategy, marked=True):
+            yield
+    finally:
+        del strategy.experimental_distribute_dataset
+        steps.remove()
+
+
+def pad_dataset(dataset: tf.data.Dataset, replicas: int, *, scale_real: bool = True) -> tf.data.Dataset:
+    """Pads each `(x, y[, sample_weight])` batch to a multiple of `replicas`.
+
+    Each element becomes `(x, y, sample_weight, marks)` (sample weights of 1
+    when there were none): `marks` is the loss weight of each row, 0 for padding and, with `scale_real`,
+    `padded_size / real_size` for real rows (1 when nothing was padded).
+    Elements without targets pass unchanged.
+    """
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2 or len(spec) > 3:
+        return dataset
+
+    def pad(*element):
+        x, y = element[0], element[1]
+        weights = element[2] if len(element) == 3 else None
+        count = tf.shape(keras.tree.flatten(x)[0])[0]
+        extra = (replicas - count % replicas) % replicas
+        grow = lambda t: tf.concat([t, tf.repeat(t[:1], extra, axis=0)], axis=0)  # noqa: E731
+        real = tf.concat([tf.ones([count]), tf.zeros([extra])], axis=0)
+        if scale_real:
+            real = real * tf.cast(count + extra, tf.float32) / tf.cast(count, tf.float32)
+        # tf.distribute cannot carry None: no weights are weights of 1.
+        weights = tf.ones([count]) if weights is None else weights
+        grown = [keras.tree.map_structure(grow, part) for part in (x, y, weights)]
+        return (*grown, real)
+
+    return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class _MarkedSteps:
+    """The train and test steps of Keras' TensorFlow trainer (Keras 3.15),
+    on padded batches: the loss weighs each row by its mark, the loss
+    tracker counts the real rows only, and metrics see the real rows only
+    (padding sits at the end of each replica's share)."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+
+    def install(self) -> None:
+        self.model.train_step = self.train_step
+        self.model.test_step = self.test_step
+
+    def remove(self) -> None:
+        model = self.model
+        del model.train_step, model.test_step
+        # Keras caches the functions traced from the steps.
+        model.train_function = model.test_function = None
+
+    def train_step(self, data):
+        model = self.model
+        x, y, weights, marks = data
+        with tf.GradientTape() as tape:
+            y_pred, loss = self._loss(x, y, weights, marks, training=True)
+            scaled = model.optimizer.scale_loss(loss)
+        variables = model.trainable_weights
+        if variables:
+            model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        else:
+            warnings.warn("The model does not have any trainable weights.")
+        return self._metrics(x, y, y_pred, weights, marks)
+
+    def test_step(self, data):
+        x, y, weights, marks = data
+        y_pred, _ = self._loss(x, y, weights, marks, training=False)
+        return self._metrics(x, y, y_pred, weights, marks)
+
+    def _loss(self, x, y, weights, marks, *, training: bool):
+        model = self.model
+        y_pred = model(x, training=training) if model._call_has_training_arg else model(x)  # pylint: disable=protected-access
+        loss_weights = keras.tree.map_structure(
+            lambda w: w * tf.reshape(tf.cast(marks, w.dtype), [-1] + [1] * (w.shape.rank - 1)), weights)
+        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=loss_weights,  # pylint: disable=protected-access
+                                   training=training)
+        # The tracker averages over real samples: this replica's loss is a
+        # mean over its whole share scaled by `marks` (and by 1/replicas).
+        share = tf.cast(tf.shape(marks)[0], loss.dtype)
+        real = tf.cast(tf.math.count_nonzero(marks), loss.dtype)
+        scale = tf.cast(tf.reduce_max(marks), loss.dtype)
+        per_real = tf.math.divide_no_nan(unscale_loss_for_distribution(loss) * share, scale * real)
+        model._loss_tracker.update_state(per_real, sample_weight=real)  # pylint: disable=protected-access
+        return y_pred, loss
+
+    def _metrics(self, x, y, y_pred, weights, marks):
+        real = tf.math.count_nonzero(marks, dtype=tf.int32)
+        cut = lambda tree: keras.tree.map_structure(lambda t: t[:real], tree)  # noqa: E731
+        return self.model.compute_metrics(cut(x), cut(y), cut(y_pred), sample_weight=cut(weights))
+
+
+@contextlib.contextmanager
+def _local_symbolic_build(model: keras.Model, strategy, *, marked: bool):
+    """Builds metric and optimizer state from one replica's share of the
+    first batch. Keras reduces the replicas' shares into one batch first,
+    which fails when their shapes differ (an uneven batch) and, across
+    workers, always (keras-team/keras#20585)."""
+
+    def build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = next(batches)
+                break
+        data_batch = keras.tree.map_structure(_first_local, data_batch)
+        if marked and data_batch is not None:
+            data_batch = tuple(data_batch[:3])
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access
+
+    model._maybe_symbolic_build = build  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        del model._maybe_symbolic_build  # pylint: disable=protected-access
+
+
+def _first_local(value):
+    if isinstance(value, tf.distribute.DistributedValues):
+        return value.values[0]
+    return value
+
+
+def _averaged_losses(model: keras.Model) -> bool:
+    """True when every compiled loss is averaged over the batch (Keras'
+    default), the reduction for which real rows are scaled up."""
+    config = getattr(model, "_compile_config", None)
+    losses = keras.tree.flatten(config.config.get("loss")) if config is not None else []
+    return all(getattr(loss, "reduction", "sum_over_batch_size") in ("sum_over_batch_size", "mean")
+               for loss in losses if isinstance(loss, keras.losses.Loss))
