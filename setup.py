@@ -20,8 +20,9 @@ setup(
         "absl-py",
         "scikit-learn",  # ships the UCI digits used by the default job
         "matplotlib",  # pipeline timeline pictures
+        "tensorboard",  # keras.callbacks.TensorBoard, python -m tfpar.train --tensorboard_dir
     ],
-    extras_require={"test": ["pytest>=7", "tensorboard"]},
+    extras_require={"test": ["pytest>=7"]},
     entry_points={
         "console_scripts": [
             "tfpar-train=tfpar.train:run",

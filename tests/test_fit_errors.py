@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfpar
-from tfpar.strategies import DataParallel
+from tfpar.strategies import DataParallel, GPipe
 
 from conftest import build_mlp, compile_model, make_data, weights_of
 
@@ -48,6 +48,11 @@ CASES = {
                       ValueError, r"empty.*cardinality 0"),
     "empty PyDataset": (dict(x=EmptySequence()), ValueError, r"empty.*PyDataset of length 0"),
     "unknown fit argument": (dict(x=x, y=y, batchsize=32), TypeError, r"unexpected argument\(s\) \['batchsize'\]"),
+    # The user's model is named, not the pipeline's stage sub-models.
+    "wrong input width, pipelined": (
+        dict(x=x[:, :10], y=y, strategy=GPipe(2)), ValueError,
+        r"Input 0 of model 'mlp' must have per-sample shape \(12,\).*Received: data of shape \(256, 10\)"),
+    "wrong input count": (dict(x=[x, x], y=y), ValueError, r"takes 1 input\(s\).*Received: x with 2 array"),
 }
 
 
@@ -109,3 +114,23 @@ def test_unclonable_subclassed_model_says_how_to_proceed():
     assert model.compiled
     for a, b in zip(weights_of(model), before):
         np.testing.assert_array_equal(a, b)
+
+
+class ConfigWithoutArgument(keras.layers.Layer):
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+        self.dense = keras.layers.Dense(width)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+    def get_config(self):  # forgets `width`: from_config cannot rebuild it
+        return {"name": self.name}
+
+
+def test_a_layer_that_cannot_be_rebuilt_is_named_with_the_full_cause():
+    inputs = keras.Input((12,))
+    model = compile_model(keras.Model(inputs, keras.layers.Dense(3)(ConfigWithoutArgument(4, name="odd")(inputs))))
+    with pytest.raises(ValueError, match=r"could not recreate layer 'odd' of class ConfigWithoutArgument.*width"):
+        tfpar.fit_distributed(model, x, y, batch_size=32, strategy=DataParallel(2))

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 import tfpar
 from tfpar.strategies import GPipe
@@ -113,3 +114,25 @@ def test_rematerialized_dropout_replays_the_same_masks():
 
     for a, b in zip(train(False), train(True)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def softmax_head_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_a_lost_gradient_is_an_error_never_zeros(monkeypatch):
+    # Break the gradient path on purpose: the loss's gradient reaches the
+    # softmax head only through the logits Keras reads, so dropping that
+    # source starves the head (the defect this engine once had, silently).
+    monkeypatch.setattr(tfpar.pipeline, "loss_sources", lambda tensor: [("value", tensor)])
+    model = softmax_head_model()
+    before = [w.copy() for w in model.get_weights()]
+    x, y = make_data(64)
+    with pytest.raises(ValueError, match=r"no gradient reached .*dense_1/kernel.* \(stage 1\).*one device"):
+        tfpar.fit_distributed(model, x, y, batch_size=32, verbose=0, strategy=GPipe(2, microbatches=2))
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)

@@ -109,3 +109,65 @@ def test_flops_estimates_match_hand_counts():
     dense(keras.Input((10,)))
     assert costs.flops(dense) == 2 * 70 + 7
     assert costs.params(dense) == 77
+
+
+class LazyBlock(keras.layers.Layer):
+    """Makes its sublayers in __init__ and has no build(), as keras.io's
+    TransformerBlock: their variables appear on the block's first call."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.inner = keras.layers.Dense(width, activation="relu")
+        self.outer = keras.layers.Dense(width)
+
+    def call(self, inputs):
+        return self.outer(self.inner(inputs))
+
+
+def lazy_model(sequential: bool):
+    layers = [keras.layers.Dense(8, name="first"), LazyBlock(8), keras.layers.Dense(3, name="head")]
+    if sequential:
+        return keras.Sequential([keras.Input((12,)), *layers])
+    inputs = keras.Input((12,))
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("sequential", [False, True], ids=["functional", "sequential"])
+def test_lazily_built_layers_get_their_variables_on_their_stage_device(sequential):
+    model = compile_model(lazy_model(sequential))
+    trained = ModelSplit(["cpu:2", "cpu:3"], balance=[1, 2]).recreate(model)
+    devices = {v.path: tf.DeviceSpec.from_string(v.value.device).device_index for v in trained.weights}
+    assert len(devices) == len(model.weights) == 8
+    assert {d for path, d in devices.items() if not path.startswith("first")} == {3}, devices
+    assert {d for path, d in devices.items() if path.startswith("first")} == {2}
+
+
+def test_a_variable_off_its_stage_device_is_an_error():
+    model = compile_model(tfpar.models.mlp(12, 3, hidden=(8,)))
+    graph = placement.build_stages(model, ["/device:CPU:1", "/device:CPU:2"], [1, 1])
+    # model was built outside any device scope: its variables sit on CPU:0.
+    with pytest.raises(ValueError, match=r"must live on its stage's device.*dense_0/kernel on .*CPU:0"):
+        placement.check_devices(graph)
+
+
+def masked_text_model():
+    inputs = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(20, 4, mask_zero=True, name="embed")(inputs)
+    x = keras.layers.LSTM(4, name="lstm")(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
+
+
+def test_the_mask_op_of_mask_zero_is_no_layer_and_runs_with_its_reader():
+    model = compile_model(masked_text_model())
+    ops = placement.operations(model)
+    assert [type(op).__name__ for op in ops if not isinstance(op, keras.layers.Layer)] == ["NotEqual"]
+    assert [layer.name for layer in placement.layers(model)] == ["embed", "lstm", "head"]
+    table = tfpar.describe_placement(model, ModelSplit(2, balance=[1, 2]), show=False)
+    assert [row[3] for row in table.rows] == [1, 2]
+    # The mask feeds the LSTM: it is computed in the LSTM's stage.
+    stages = dict(zip([op.name for op in ops], placement.op_stages(ops, [1, 2])))
+    mask = next(op.name for op in ops if type(op).__name__ == "NotEqual")
+    assert stages == {"embed": 0, mask: 1, "lstm": 1, "head": 1}

@@ -270,9 +270,17 @@ class _Step:
         self.graph, self.rematerialize, m = plan.graph, plan.rematerialize, plan.microbatches
         flat_x = self.graph.view._standardize_inputs(x)  # pylint: disable=protected-access
         self.batch = tf.shape(flat_x[0])[0]
-        sizes = _split_sizes(self.batch, m)
-        self.sizes = tf.unstack(sizes, num=m)
-        split = lambda t: tf.split(t, sizes, num=m, axis=0)  # noqa: E731
+        # A batch smaller than M (an epoch's last) would leave micro-batches
+        # empty, which some kernels reject (a convolution's backward): each
+        # real sample then gets a micro-batch of its own, and the others
+        # repeat sample 0 with a share of 0.
+        extra = tf.maximum(m - self.batch, 0) if m > 1 else 0
+        sizes = _split_sizes(self.batch + extra, m)
+        starts = tf.cumsum(sizes, exclusive=True)
+        self.real = tf.unstack(tf.clip_by_value(self.batch - starts, 0, sizes), num=m)
+        grow = (lambda t: tf.concat([t, tf.repeat(t[:1], extra, axis=0)], axis=0)) if m > 1 else (
+            lambda t: t)
+        split = lambda t: tf.split(grow(t), sizes, num=m, axis=0)  # noqa: E731
         xs = [split(t) for t in flat_x]
         self.x = [[parts[i] for parts in xs] for i in range(m)]
         self.y = _split_structure(y, split, m)
@@ -413,7 +421,7 @@ class _Step:
         return [scaled]
 
     def _share(self, micro: int, dtype):
-        return tf.cast(self.sizes[micro], dtype) / tf.cast(self.batch, dtype)
+        return tf.cast(self.real[micro], dtype) / tf.cast(self.batch, dtype)
 
     def _accumulate(self, variable, grad) -> None:
         if grad is None:
@@ -454,7 +462,7 @@ class _Step:
         graph = self.graph
         last = graph.stages[-1].device
         with tf.device(last):
-            flat = [tf.concat([self.env[i][k] for i in range(len(self.env))], axis=0)
+            flat = [tf.concat([self.env[i][k] for i in range(len(self.env))], axis=0)[: self.batch]
                     for k in graph.output_keys]
         return keras.tree.pack_sequence_as(graph.output_struct, flat)
 

@@ -162,7 +162,7 @@ def _from_own_arguments(layer, config: dict, error: TypeError):
     ):
         raise RecreateError(
             f"tfpar could not recreate layer {layer.name!r} of class "
-            f"{type(layer).__name__} from its config: {error}. Give the layer a "
+            f"{type(layer).__name__} from its config: {' '.join(str(error).split())} Give the layer a "
             "get_config() that returns its constructor arguments (and accept "
             "**kwargs in __init__, passing them to super().__init__)."
         ) from error

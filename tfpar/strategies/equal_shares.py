@@ -47,9 +47,12 @@ def equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
         return
     if custom:
         warnings.warn(
-            f"Model {model.name!r} overrides {custom}, so tfpar cannot pad uneven "
-            "batches for it: a batch the replicas do not divide is split unevenly, "
-            "as in tf.distribute. Use a batch size that divides the sample count.",
+            f"Model {model.name!r} overrides {custom}: tfpar runs its steps as they "
+            "are, as tf.distribute does. Two consequences: under tf.distribute Keras' "
+            "compute_loss returns the loss scaled by 1/replicas (gradients are summed "
+            "across replicas), so a step that reports it shows the loss divided by "
+            f"{replicas}; and a batch the replicas do not divide is split unevenly "
+            "(use a batch size that divides the sample count).",
             stacklevel=4,
         )
         with _local_symbolic_build(model, strategy, marked=False):
@@ -72,8 +75,8 @@ def equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
 def pad_dataset(dataset: tf.data.Dataset, replicas: int, *, scale_real: bool = True) -> tf.data.Dataset:
     """Pads each `(x, y[, sample_weight])` batch to a multiple of `replicas`.
 
-    Each element becomes `(x, y, sample_weight, marks)` (sample weights of 1
-    when there were none): `marks` is the loss weight of each row, 0 for padding and, with `scale_real`,
+    Each element becomes `(x, y[, sample_weight], marks)`: `marks` is the
+    loss weight of each row, 0 for padding and, with `scale_real`,
     `padded_size / real_size` for real rows (1 when nothing was padded).
     Elements without targets pass unchanged.
     """
@@ -90,10 +93,8 @@ def pad_dataset(dataset: tf.data.Dataset, replicas: int, *, scale_real: bool = T
         real = tf.concat([tf.ones([count]), tf.zeros([extra])], axis=0)
         if scale_real:
             real = real * tf.cast(count + extra, tf.float32) / tf.cast(count, tf.float32)
-        # tf.distribute cannot carry None: no weights are weights of 1.
-        weights = tf.ones([count]) if weights is None else weights
-        grown = [keras.tree.map_structure(grow, part) for part in (x, y, weights)]
-        return (*grown, real)
+        parts = (x, y) if weights is None else (x, y, weights)
+        return (*[keras.tree.map_structure(grow, part) for part in parts], real)
 
     return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -119,28 +120,34 @@ class _MarkedSteps:
 
     def train_step(self, data):
         model = self.model
-        x, y, weights, marks = data
         with tf.GradientTape() as tape:
-            y_pred, loss = self._loss(x, y, weights, marks, training=True)
+            x, y, y_pred, loss = self._forward(data, training=True)
             scaled = model.optimizer.scale_loss(loss)
         variables = model.trainable_weights
         if variables:
             model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         else:
             warnings.warn("The model does not have any trainable weights.")
-        return self._metrics(x, y, y_pred, weights, marks)
+        return self._metrics(data, y_pred)
 
     def test_step(self, data):
-        x, y, weights, marks = data
-        y_pred, _ = self._loss(x, y, weights, marks, training=False)
-        return self._metrics(x, y, y_pred, weights, marks)
+        _, _, y_pred, _ = self._forward(data, training=False)
+        return self._metrics(data, y_pred)
 
-    def _loss(self, x, y, weights, marks, *, training: bool):
+    def _forward(self, data, *, training: bool):
         model = self.model
+        x, y, weights, marks = _unpack(data)
         y_pred = model(x, training=training) if model._call_has_training_arg else model(x)  # pylint: disable=protected-access
-        loss_weights = keras.tree.map_structure(
-            lambda w: w * tf.reshape(tf.cast(marks, w.dtype), [-1] + [1] * (w.shape.rank - 1)), weights)
-        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=loss_weights,  # pylint: disable=protected-access
+        if weights is None:
+            # One weight per sample, shaped (n, 1, ...) like each target so
+            # that Keras broadcasts it over whatever axes the loss keeps.
+            weights = keras.tree.map_structure(
+                lambda t: tf.reshape(marks, [-1] + [1] * (max(t.shape.rank, 1) - 1)), y)
+        else:
+            weights = keras.tree.map_structure(
+                lambda w: w * tf.reshape(tf.cast(marks, w.dtype), [-1] + [1] * (w.shape.rank - 1)),
+                weights)
+        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=weights,  # pylint: disable=protected-access
                                    training=training)
         # The tracker averages over real samples: this replica's loss is a
         # mean over its whole share scaled by `marks` (and by 1/replicas).
@@ -149,12 +156,19 @@ class _MarkedSteps:
         scale = tf.cast(tf.reduce_max(marks), loss.dtype)
         per_real = tf.math.divide_no_nan(unscale_loss_for_distribution(loss) * share, scale * real)
         model._loss_tracker.update_state(per_real, sample_weight=real)  # pylint: disable=protected-access
-        return y_pred, loss
+        return x, y, y_pred, loss
 
-    def _metrics(self, x, y, y_pred, weights, marks):
+    def _metrics(self, data, y_pred):
+        x, y, weights, marks = _unpack(data)
         real = tf.math.count_nonzero(marks, dtype=tf.int32)
         cut = lambda tree: keras.tree.map_structure(lambda t: t[:real], tree)  # noqa: E731
-        return self.model.compute_metrics(cut(x), cut(y), cut(y_pred), sample_weight=cut(weights))
+        return self.model.compute_metrics(
+            cut(x), cut(y), cut(y_pred), sample_weight=None if weights is None else cut(weights))
+
+
+def _unpack(data):
+    """(x, y, sample_weight or None, marks) of a padded element."""
+    return (*data[:2], data[2] if len(data) == 4 else None, data[-1])
 
 
 @contextlib.contextmanager
@@ -171,7 +185,7 @@ def _local_symbolic_build(model: keras.Model, strategy, *, marked: bool):
                 break
         data_batch = keras.tree.map_structure(_first_local, data_batch)
         if marked and data_batch is not None:
-            data_batch = tuple(data_batch[:3])
+            data_batch = _unpack(data_batch)[:3]
         with strategy.scope():
             model._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access
 

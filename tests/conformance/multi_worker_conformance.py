@@ -1,0 +1,24 @@
+"""One worker of the two-worker conformance job: the whole catalogue under
+MultiWorker. Started by `python -m tfpar.launch` (which makes the strategy
+when tfpar is imported, before any TensorFlow op); writes each idiom's
+weights, History and evaluation to the directory given as argument."""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+import tfpar  # launched: makes the MultiWorker strategy first
+import idioms
+
+rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+out = sys.argv[1]
+for index, idiom in enumerate(idioms.IDIOMS):
+    x, y, extra = idiom.data()
+    model = idiom.build()
+    history = tfpar.fit_distributed(model, x, y, strategy="multi_worker", **idiom.fit_kwargs(extra))
+    evaluated = idioms.evaluate(model, x, y)
+    np.savez(os.path.join(out, f"{index}_{rank}.npz"), *model.get_weights())
+    with open(os.path.join(out, f"{index}_{rank}.json"), "w") as f:
+        json.dump({"history": history.history, "evaluate": {k: float(v) for k, v in evaluated.items()}}, f)
