@@ -22,7 +22,8 @@ setup(
         "matplotlib",  # pipeline timeline pictures
         "tensorboard",  # keras.callbacks.TensorBoard, python -m tfpar.train --tensorboard_dir
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # pytest-xdist: the suite runs on two processes (pyproject.toml's addopts).
+    extras_require={"test": ["pytest>=7", "pytest-xdist"]},
     entry_points={
         "console_scripts": [
             "tfpar-train=tfpar.train:run",

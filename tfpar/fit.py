@@ -40,10 +40,10 @@ def fit_distributed(
     exactly as it was. A model built inside a strategy's scope is trained in
     place under that strategy.
 
-    With data parallel, a final batch smaller than `batch_size` is split
-    unevenly across replicas and, as in `tf.distribute`, its gradient is the
-    mean of the replicas' means; for results identical to one device, choose
-    a `batch_size` that divides the number of samples.
+    With data parallel, a batch the replicas do not divide (an epoch's last,
+    a small validation set) is padded to equal shares with weight-0 samples,
+    so gradients, losses and metrics stay those of one device. An unbuilt
+    Sequential is built from the data's shape first, as `model.fit` does.
 
     Args:
       model: a compiled `keras.Model`.

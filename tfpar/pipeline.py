@@ -65,7 +65,6 @@ class _Plan:
                     tf.zeros((len(self.order), 2), tf.float64), trainable=False, name="pipeline_timeline"
                 )
 
-
     def check_gradients(self, variables, grads) -> None:
         """Raises unless exactly the weights that get a gradient on one
         device got one here: a lost gradient is an error, never zeros."""
@@ -386,7 +385,7 @@ class _Step:
                 tf.GradientTape() as tape:
             tape.watch(_differentiable(inputs))
             outputs = _run(stage, inputs, True)
-            added = tf.add_n(scope.losses) if scope.losses else None
+            added = _sum(scope.losses)
         return inputs, tape, outputs, added
 
     def _loss(self, micro: int) -> list:
@@ -536,9 +535,12 @@ def _added_losses(stage):
     """The sum of the losses the stage's layers added in their last call
     (`add_loss`, activity regularizers), or None; weight regularizers are
     not among them (`PipelineModel.losses` counts those)."""
-    added = [loss for layer in stage.model._flatten_layers()  # pylint: disable=protected-access
-             for loss in layer._get_own_losses()]  # pylint: disable=protected-access
-    return tf.add_n([tf.cast(loss, "float32") for loss in added]) if added else None
+    return _sum([loss for layer in stage.model._flatten_layers()  # pylint: disable=protected-access
+                 for loss in layer._get_own_losses()])  # pylint: disable=protected-access
+
+
+def _sum(losses: list):
+    return tf.add_n([tf.cast(loss, "float32") for loss in losses]) if losses else None
 
 
 def _state_snapshot(stage) -> list:

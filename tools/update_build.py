@@ -12,7 +12,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BINARIES = {"train": "tfpar/train.py", "bench": "tfpar/bench/__main__.py",
             "launch": "tfpar/launch.py", "server": "tfpar/server.py"}
-REQUIREMENTS = ("tensorflow", "keras", "numpy", "absl-py", "scikit-learn", "matplotlib")
+REQUIREMENTS = ("tensorflow", "keras", "numpy", "absl-py", "scikit-learn", "matplotlib", "tensorboard")
 TEST_SUPPORT = ("tests/conftest.py", "tests/multi_worker_job.py")
 HEADER = """\
 # Bazel build for tfpar. Third-party packages come from pip via rules_python

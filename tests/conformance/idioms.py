@@ -185,6 +185,23 @@ def regression(loss):
     return build
 
 
+def regression_heads():
+    # One head per regression loss of the Keras examples: mse, mae, Huber.
+    inputs = keras.Input(shape=(8,))
+    x = layers.Dense(16, activation="relu")(inputs)
+    x = layers.Dense(8, activation="relu")(x)
+    outputs = [layers.Dense(1, name=name)(x) for name in ("mse_head", "mae_head", "huber_head")]
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=["mse", "mae", keras.losses.Huber()],
+                  metrics=[["mae"], [], []])
+    return model
+
+
+def regression_heads_data():
+    x, y, extra = regression_data()
+    return x, [y, y * 0.5, y + 1.0], extra
+
+
 def regression_data():
     x, rng = _features()
     return x, (x[:, :1] * 2 - x[:, 1:2] + rng.normal(size=(SAMPLES, 1)) * 0.1).astype("float32"), {}
@@ -580,9 +597,7 @@ IDIOMS = [
     Idiom("softmax + loss object, RMSprop", _seeded(softmax_loss_object), plain_data, atol=ADAM_ATOL),
     Idiom("sigmoid + binary_crossentropy", _seeded(sigmoid_binary), binary_data, atol=ADAM_ATOL),
     Idiom("sigmoid multi-label", _seeded(sigmoid_multi_label), multi_label_data),
-    Idiom("regression mse", _seeded(regression("mse")), regression_data),
-    Idiom("regression mae", _seeded(regression("mae")), regression_data),
-    Idiom("regression Huber", _seeded(regression(keras.losses.Huber())), regression_data),
+    Idiom("regression: mse, mae and Huber heads", _seeded(regression_heads), regression_heads_data),
     Idiom("Conv2D + pooling", _seeded(conv_net), image_data, atol=ADAM_ATOL),
     Idiom("Embedding(mask_zero) + LSTM", _seeded(embedding_lstm_masked), text_data(),
           atol=ADAM_ATOL),

@@ -89,16 +89,23 @@ def check_same_training(idiom, weights, history: dict, evaluated: dict, replicas
             np.testing.assert_allclose(unnumbered(evaluated)[key], value, rtol=1e-3, atol=idiom.atol,
                                        err_msg=key)
     else:
-        # Trainable weights only: a pipeline updates BatchNormalization's
-        # moving statistics once per micro-batch (documented), so those
-        # travel further by design.
-        trainable = [v.trainable for v in idiom.build().weights] if idiom.build().built else None
-        if trainable:
-            weights, start, expected = ([w for w, t in zip(ws, trainable) if t]
-                                        for ws in (weights, start, expected))
-        ratio = travel(weights, start) / travel(expected, start)
+        ratio = travel_ratio(idiom, weights)
         assert 1 / TRAVEL_RATIO < ratio < TRAVEL_RATIO, f"moved {ratio:.2f}x as far as one device"
         np.testing.assert_allclose(history["loss"], expected_history["loss"], rtol=CURVE_RTOL)
+
+
+def travel_ratio(idiom, weights) -> float:
+    """How far the trainable weights moved, over how far one device moved
+    them. Trainable only: a pipeline updates BatchNormalization's moving
+    statistics once per micro-batch (documented), so those travel further
+    by design."""
+    start, expected, _, _ = reference(idiom.name)
+    model = idiom.build()
+    if model.built:
+        trainable = [v.trainable for v in model.weights]
+        weights, start, expected = ([w for w, t in zip(ws, trainable) if t]
+                                    for ws in (weights, start, expected))
+    return travel(weights, start) / travel(expected, start)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES.values(), ids=STRATEGIES.keys())

@@ -10,7 +10,6 @@ dropout, whose per-micro-batch behaviour is documented to differ.
 """
 
 import functools
-import itertools
 
 import keras
 import numpy as np
@@ -69,9 +68,13 @@ def reference(name, optimizer):
     return weights_of(model), history.history["loss"]
 
 
+# Every M, each with both schedules or rematerialisation on and off across
+# neighbouring M (the conformance catalogue adds every idiom at M = 1, 2, 4).
 CASES = [("split", 1, "gpipe", False)] + [
     ("gpipe", m, schedule, remat)
-    for m, schedule, remat in itertools.product([1, 2, 4, 8], ["gpipe", "1f1b"], [False, True])
+    for m, schedule, remat in [(1, "gpipe", False), (2, "gpipe", True), (2, "1f1b", False),
+                               (4, "gpipe", False), (4, "1f1b", True), (8, "gpipe", True),
+                               (8, "1f1b", False)]
 ]
 
 

@@ -1,0 +1,61 @@
+"""Prints the idiom x strategy table of the conformance catalogue.
+
+    python tools/conformance_table.py > /tmp/table.md
+
+Trains every idiom of tests/conformance/idioms.py under each in-process
+strategy of tests/conformance/test_conformance.py and against one-device
+`model.fit`, and prints, per cell, the largest |w - w_one_device| over all
+weights (exact idioms), the ratio of weight travel (curve idioms), or
+"refused". The tests assert the bounds; this prints the measured values for
+docs/guide.md. Multi-worker figures come from the test's two-worker job.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import warnings
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "conformance")]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import conftest  # noqa: E402,F401  (4 logical CPUs, before TensorFlow starts)
+import numpy as np  # noqa: E402
+import test_conformance as conformance  # noqa: E402
+
+import tfpar  # noqa: E402
+from tfpar.strategies import ModelSplit  # noqa: E402
+
+
+def cell(idiom, make_strategy) -> str:
+    strategy = make_strategy()
+    x, y, extra = idiom.data()
+    model = idiom.build()
+    if idiom.pipelines and isinstance(strategy, ModelSplit):
+        try:
+            tfpar.fit_distributed(model, x, y, strategy=strategy, **idiom.fit_kwargs(extra))
+        except ValueError:
+            return "refused"
+        return "NOT REFUSED"
+    tfpar.fit_distributed(model, x, y, strategy=strategy, **idiom.fit_kwargs(extra))
+    _, expected, _, _ = conformance.reference(idiom.name)
+    weights = conftest.weights_of(model)
+    if idiom.compare == "exact":
+        return f"{max(float(np.max(np.abs(a - b))) for a, b in zip(weights, expected)):.1e}"
+    return f"travel {conformance.travel_ratio(idiom, weights):.2f}x"
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    names = list(conformance.STRATEGIES)
+    print("| idiom | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for idiom in conformance.idioms.IDIOMS:
+        row = [cell(idiom, conformance.STRATEGIES[name]) for name in names]
+        print(f"| {idiom.name} | " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
