@@ -12,10 +12,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tfpar", "tfpar.*"]),
     install_requires=[
-        # Keras 3 line; tested on 2.21.0. Capped because tfpar sets two of
-        # MirroredStrategy's internal hooks, checked against each release.
+        # Keras 3 line; tested on 2.21.0. Capped below the next minor release
+        # because tfpar reaches private TensorFlow and Keras attributes
+        # (tfpar/internals.py, checked by tests/test_internals.py).
         "tensorflow>=2.16,<2.22",
-        "keras>=3.0",
+        # The Keras release tfpar/internals.py was checked on (see above).
+        "keras>=3.15,<3.16",
         "numpy",
         "absl-py",
         "scikit-learn",  # ships the UCI digits used by the default job

@@ -7,7 +7,7 @@ import inspect
 import keras
 import tensorflow as tf
 
-from tfpar import checkpoint, chief, inputs, replica
+from tfpar import checkpoint, chief, inputs, internals, replica
 from tfpar.strategies import contract, registry
 
 _FIT_ARGS = frozenset(inspect.signature(keras.Model.fit).parameters) - {"self", "x", "y"}
@@ -141,7 +141,7 @@ def _build_from_data(model: keras.Model, x) -> None:
 
 def _home_strategy(model: keras.Model):
     """The strategy whose scope built `model`, or None."""
-    return getattr(model, "_distribute_strategy", None)
+    return internals.home_strategy(model)
 
 
 def _strategy_for(model: keras.Model, requested) -> tf.distribute.Strategy:

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpar import internals
 from tfpar import schedule as schedule_lib
 from tfpar.placement import Graph
 
@@ -165,7 +166,7 @@ class PipelineModel(keras.Model):
         # compiled model with its optimizer state.
         self.twin.compile(*args, **kwargs)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    def _first_batch_build(self, iterator=None, data_batch=None):
         # Keras builds metric and optimizer state before training only under
         # a tf.distribute strategy, and a pipeline has none. Left to the
         # first trace of the train step, that state would be created there,
@@ -176,7 +177,7 @@ class PipelineModel(keras.Model):
             for _, _, batches in iterator:
                 data_batch = next(batches)
                 break
-        self._symbolic_build(data_batch=data_batch)
+        internals.symbolic_build(self, data_batch)
         if self._plan.expected_gradients is None and data_batch is not None:
             self._plan.expected_gradients = self._one_device_gradients(data_batch)
 
@@ -210,7 +211,7 @@ class PipelineModel(keras.Model):
 
     def call(self, inputs, training=False):
         graph = self._plan.graph
-        env = dict(zip(graph.input_keys, graph.view._standardize_inputs(inputs)))  # pylint: disable=protected-access
+        env = dict(zip(graph.input_keys, internals.standardize_inputs(graph.view, inputs)))
         for stage in graph.stages:
             with tf.device(stage.device):
                 outputs = _run(stage, [env[k] for k in stage.input_keys], training)
@@ -256,8 +257,12 @@ class PipelineModel(keras.Model):
         self._plan.check_gradients(self.trainable_variables, grads)
         self.optimizer.apply(grads, self.trainable_variables)
         y_pred = run.predictions()
-        self._loss_tracker.update_state(run.total_loss, sample_weight=run.batch)  # pylint: disable=protected-access
+        internals.loss_tracker(self).update_state(run.total_loss, sample_weight=run.batch)
         return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
+# fit and evaluate build metric and optimizer state through this hook.
+setattr(PipelineModel, internals.SYMBOLIC_BUILD_HOOK, PipelineModel._first_batch_build)
 
 
 class _Step:
@@ -267,7 +272,7 @@ class _Step:
         self.model = model
         plan = model._plan  # pylint: disable=protected-access
         self.graph, self.rematerialize, m = plan.graph, plan.rematerialize, plan.microbatches
-        flat_x = self.graph.view._standardize_inputs(x)  # pylint: disable=protected-access
+        flat_x = internals.standardize_inputs(self.graph.view, x)
         self.batch = tf.shape(flat_x[0])[0]
         # A batch smaller than M (an epoch's last) would leave micro-batches
         # empty, which some kernels reject (a convolution's backward): each
@@ -504,7 +509,7 @@ def loss_sources(tensor) -> list[tuple[str, object]]:
     raw softmax/sigmoid op, that op's input ("op_input").
     """
     sources = [("value", tensor)]
-    logits = getattr(tensor, "_keras_logits", None)
+    logits = internals.keras_logits(tensor)
     if logits is not None:
         sources.append(("logits", logits))
     elif getattr(getattr(tensor, "op", None), "type", None) in _LOGIT_OPS:
@@ -535,8 +540,7 @@ def _added_losses(stage):
     """The sum of the losses the stage's layers added in their last call
     (`add_loss`, activity regularizers), or None; weight regularizers are
     not among them (`PipelineModel.losses` counts those)."""
-    return _sum([loss for layer in stage.model._flatten_layers()  # pylint: disable=protected-access
-                 for loss in layer._get_own_losses()])  # pylint: disable=protected-access
+    return _sum(internals.added_losses(stage.model))
 
 
 def _sum(losses: list):

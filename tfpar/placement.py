@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from tfpar import costs as costs_lib
+from tfpar import internals
 from tfpar import partition as partition_lib
 from tfpar import replica
 from tfpar.table import format_table
@@ -61,7 +62,7 @@ def functional_view(model: keras.Model) -> keras.Model:
             return keras.Model(model.inputs, model.outputs, name=model.name)
         except (AttributeError, ValueError) as error:
             raise _no_graph(model, "it is not built from an Input") from error
-    if hasattr(model, "operations") and getattr(model, "_inputs_struct", None) is not None:
+    if internals.is_functional(model):
         return model
     raise _no_graph(model, "it is a subclassed model")
 
@@ -243,7 +244,7 @@ def build_stages(model: keras.Model, devices: Sequence[str], sizes: Sequence[int
         )
         stages.append(Stage(index, device, sub_model, inputs, outputs,
                             [op.name for op in members if isinstance(op, keras.layers.Layer)]))
-    struct = getattr(view, "_outputs_struct", view.outputs)
+    struct = internals.output_structure(view)
     return Graph(stages, [id(t) for t in view.inputs], output_keys, struct, view)
 
 
@@ -280,7 +281,7 @@ def _stage_index(sizes: Sequence[int]) -> list[int]:
 
 def _shared(ops) -> list[str]:
     """Names of layers used more than once (a call each: an inbound node each)."""
-    return [op.name for op in ops if len(getattr(op, "_inbound_nodes", [])) > 1]
+    return [op.name for op in ops if internals.inbound_node_count(op) > 1]
 
 
 def _check_not_shared(ops) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from tfpar import internals
+
 _COMPILE_KEYS = (
     "loss",
     "loss_weights",
@@ -179,7 +181,7 @@ def _fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.
 
 
 def _compile_args(model: keras.Model) -> dict:
-    config = model._compile_config.config  # pylint: disable=protected-access
+    config = internals.compile_config(model)
     args = {key: config[key] for key in _COMPILE_KEYS if key in config}
     for key in ("metrics", "weighted_metrics"):
         args[key] = _fresh_metrics(args.get(key))

@@ -1,20 +1,25 @@
 """Prints the idiom x strategy table of the conformance catalogue.
 
     python tools/conformance_table.py > /tmp/table.md
+    python tools/conformance_table.py --multi_worker > /tmp/multi_worker.md
 
 Trains every idiom of tests/conformance/idioms.py under each in-process
 strategy of tests/conformance/test_conformance.py and against one-device
 `model.fit`, and prints, per cell, the largest |w - w_one_device| over all
 weights (exact idioms), the ratio of weight travel (curve idioms), or
-"refused". The tests assert the bounds; this prints the measured values for
-docs/guide.md. Multi-worker figures come from the test's two-worker job.
+"refused". With --multi_worker it runs the catalogue's two-worker job
+(tests/conformance/multi_worker_conformance.py) instead and prints that
+column. The tests assert the bounds; this prints the measured values for
+docs/guide.md.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,15 +45,34 @@ def cell(idiom, make_strategy) -> str:
             return "refused"
         return "NOT REFUSED"
     tfpar.fit_distributed(model, x, y, strategy=strategy, **idiom.fit_kwargs(extra))
+    return measured(idiom, conftest.weights_of(model))
+
+
+def measured(idiom, weights) -> str:
     _, expected, _, _ = conformance.reference(idiom.name)
-    weights = conftest.weights_of(model)
     if idiom.compare == "exact":
         return f"{max(float(np.max(np.abs(a - b))) for a, b in zip(weights, expected)):.1e}"
     return f"travel {conformance.travel_ratio(idiom, weights):.2f}x"
 
 
+def multi_worker_column() -> None:
+    with tempfile.TemporaryDirectory() as out:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path[:3]))
+        subprocess.run(
+            [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1", "--",
+             sys.executable, str(ROOT / "tests" / "conformance" / "multi_worker_conformance.py"), out],
+            cwd=ROOT, env=env, check=True, capture_output=True)
+        print("| idiom | MultiWorker (2 workers) |\n|---|---|")
+        for index, idiom in enumerate(conformance.idioms.IDIOMS):
+            weights = list(np.load(os.path.join(out, f"{index}_0.npz")).values())
+            print(f"| {idiom.name} | {measured(idiom, weights)} |", flush=True)
+
+
 def main() -> None:
     warnings.simplefilter("ignore")
+    if "--multi_worker" in sys.argv:
+        multi_worker_column()
+        return
     names = list(conformance.STRATEGIES)
     print("| idiom | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))

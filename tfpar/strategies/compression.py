@@ -13,7 +13,8 @@ Example:
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow.python.distribute import values as values_lib
+
+from tfpar import internals
 
 WIRE_DTYPES = {"fp16": tf.float16, "bf16": tf.bfloat16}
 
@@ -43,7 +44,7 @@ def install(extended, compression: str | None) -> None:
     """
     wire = wire_dtype(compression)
     if wire is not None:
-        extended._cross_device_ops = CastingAllReduce(extended._cross_device_ops, wire)  # pylint: disable=protected-access
+        internals.set_cross_device_ops(extended, CastingAllReduce(internals.cross_device_ops(extended), wire))
 
 
 class CastingAllReduce(tf.distribute.CrossDeviceOps):
@@ -78,7 +79,7 @@ class CastingAllReduce(tf.distribute.CrossDeviceOps):
 
     def _narrow(self, value):
         """Casts each replica's component down; returns it and the old dtype."""
-        parts = value.values if isinstance(value, values_lib.DistributedValues) else None
+        parts = value.values if isinstance(value, tf.distribute.DistributedValues) else None
         dtype = tf.as_dtype((parts[0] if parts else value).dtype)
         if not self._compressible(dtype):
             return value, None
@@ -88,17 +89,17 @@ class CastingAllReduce(tf.distribute.CrossDeviceOps):
         for part in parts:
             with tf.device(part.device):
                 narrow.append(tf.cast(part, self._dtype))
-        return values_lib.PerReplica(narrow), dtype
+        return internals.per_replica(narrow), dtype
 
     def _widen(self, value, dtype):
         if dtype is None:
             return value
-        if isinstance(value, values_lib.DistributedValues):
+        if isinstance(value, tf.distribute.DistributedValues):
             parts = []
             for part in value.values:
                 with tf.device(part.device):
                     parts.append(tf.cast(part, dtype))
-            return values_lib.Mirrored(parts)
+            return internals.mirrored(parts)
         return tf.cast(value, dtype)
 
     def _compressible(self, dtype: tf.DType) -> bool:

@@ -16,6 +16,7 @@ import itertools
 import tensorflow as tf
 
 from tfpar import devices as devices_lib
+from tfpar import internals
 from tfpar.strategies import compression as compression_lib
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
@@ -87,7 +88,7 @@ class DataParallel(tf.distribute.MirroredStrategy):
             tf.distribute.ReductionToOneDevice() if all_reduce == "reduce_to_one" else None
         )
         # Read by MirroredExtended.__init__ when it creates the collective keys.
-        self._collective_key_base = next(_KEY_BASES)
+        internals.set_collective_key_base(self, next(_KEY_BASES))
         super().__init__(names, cross_device_ops=cross_device_ops)
         self.all_reduce = all_reduce
         self.compression = compression
@@ -107,11 +108,11 @@ def _configure_collectives(extended, all_reduce, bytes_per_pack) -> None:
     """Applies the user's choices through MirroredStrategy's options hook:
     MirroredExtended merges `_communication_options` into every reduction it
     launches, so they reach TensorFlow's own collectives."""
-    options = extended._communication_options  # pylint: disable=protected-access
+    options = internals.communication_options(extended)
     implementation = {
         "ring": _Implementation.RING,
         "nccl": _Implementation.NCCL,
     }.get(all_reduce, options.implementation)
-    extended._communication_options = tf.distribute.experimental.CommunicationOptions(  # pylint: disable=protected-access
+    internals.set_communication_options(extended, tf.distribute.experimental.CommunicationOptions(
         bytes_per_pack=bytes_per_pack, implementation=implementation
-    )
+    ))

@@ -26,7 +26,8 @@ import warnings
 
 import keras
 import tensorflow as tf
-from keras.src.losses.loss import unscale_loss_for_distribution
+
+from tfpar import internals
 
 
 @contextlib.contextmanager
@@ -90,11 +91,11 @@ def pad_dataset(dataset: tf.data.Dataset, replicas: int, *, scale_real: bool = T
         count = tf.shape(keras.tree.flatten(x)[0])[0]
         extra = (replicas - count % replicas) % replicas
         grow = lambda t: tf.concat([t, tf.repeat(t[:1], extra, axis=0)], axis=0)  # noqa: E731
-        real = tf.concat([tf.ones([count]), tf.zeros([extra])], axis=0)
+        marks = tf.concat([tf.ones([count]), tf.zeros([extra])], axis=0)
         if scale_real:
-            real = real * tf.cast(count + extra, tf.float32) / tf.cast(count, tf.float32)
+            marks = marks * tf.cast(count + extra, tf.float32) / tf.cast(count, tf.float32)
         parts = (x, y) if weights is None else (x, y, weights)
-        return (*[keras.tree.map_structure(grow, part) for part in parts], real)
+        return (*[keras.tree.map_structure(grow, part) for part in parts], marks)
 
     return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -137,7 +138,7 @@ class _MarkedSteps:
     def _forward(self, data, *, training: bool):
         model = self.model
         x, y, weights, marks = _unpack(data)
-        y_pred = model(x, training=training) if model._call_has_training_arg else model(x)  # pylint: disable=protected-access
+        y_pred = model(x, training=training) if internals.call_has_training_arg(model) else model(x)
         if weights is None:
             # One weight per sample, shaped (n, 1, ...) like each target so
             # that Keras broadcasts it over whatever axes the loss keeps.
@@ -147,15 +148,15 @@ class _MarkedSteps:
             weights = keras.tree.map_structure(
                 lambda w: w * tf.reshape(tf.cast(marks, w.dtype), [-1] + [1] * (w.shape.rank - 1)),
                 weights)
-        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=weights,  # pylint: disable=protected-access
-                                   training=training)
+        loss = internals.compute_loss(model, x=x, y=y, y_pred=y_pred, sample_weight=weights,
+                                      training=training)
         # The tracker averages over real samples: this replica's loss is a
         # mean over its whole share scaled by `marks` (and by 1/replicas).
         share = tf.cast(tf.shape(marks)[0], loss.dtype)
         real = tf.cast(tf.math.count_nonzero(marks), loss.dtype)
         scale = tf.cast(tf.reduce_max(marks), loss.dtype)
-        per_real = tf.math.divide_no_nan(unscale_loss_for_distribution(loss) * share, scale * real)
-        model._loss_tracker.update_state(per_real, sample_weight=real)  # pylint: disable=protected-access
+        per_real = tf.math.divide_no_nan(internals.unscale_loss_for_distribution(loss) * share, scale * real)
+        internals.loss_tracker(model).update_state(per_real, sample_weight=real)
         return x, y, y_pred, loss
 
     def _metrics(self, data, y_pred):
@@ -183,29 +184,20 @@ def _local_symbolic_build(model: keras.Model, strategy, *, marked: bool):
             for _, _, batches in iterator:
                 data_batch = next(batches)
                 break
-        data_batch = keras.tree.map_structure(_first_local, data_batch)
+        data_batch = keras.tree.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0] if v is not None else None, data_batch)
         if marked and data_batch is not None:
             data_batch = _unpack(data_batch)[:3]
         with strategy.scope():
-            model._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access
+            internals.symbolic_build(model, data_batch)
 
-    model._maybe_symbolic_build = build  # pylint: disable=protected-access
-    try:
+    with internals.override_symbolic_build(model, build):
         yield
-    finally:
-        del model._maybe_symbolic_build  # pylint: disable=protected-access
-
-
-def _first_local(value):
-    if isinstance(value, tf.distribute.DistributedValues):
-        return value.values[0]
-    return value
 
 
 def _averaged_losses(model: keras.Model) -> bool:
     """True when every compiled loss is averaged over the batch (Keras'
     default), the reduction for which real rows are scaled up."""
-    config = getattr(model, "_compile_config", None)
-    losses = keras.tree.flatten(config.config.get("loss")) if config is not None else []
+    losses = keras.tree.flatten(internals.compile_config(model).get("loss"))
     return all(getattr(loss, "reduction", "sum_over_batch_size") in ("sum_over_batch_size", "mean")
                for loss in losses if isinstance(loss, keras.losses.Loss))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import keras
 
-from tfpar import costs, placement, replica
+from tfpar import costs, internals, placement, replica
 from tfpar import devices as devices_lib
 from tfpar.pipeline import PipelineModel
 from tfpar.strategies import contract
@@ -136,7 +136,7 @@ def _check_default_steps(model: keras.Model, strategy: str) -> None:
 def _check_mean_losses(model: keras.Model) -> None:
     """Micro-batch losses are weighted by their share of the batch, which is
     exact for losses averaged over the batch (Keras' default reduction)."""
-    losses = keras.tree.flatten(model._compile_config.config.get("loss"))  # pylint: disable=protected-access
+    losses = keras.tree.flatten(internals.compile_config(model).get("loss"))
     for loss in losses:
         reduction = getattr(loss, "reduction", "sum_over_batch_size")
         if isinstance(loss, keras.losses.Loss) and reduction != "sum_over_batch_size":

@@ -1,0 +1,115 @@
+"""tfpar's reaches into private Keras and TensorFlow attributes still work.
+
+`tfpar/internals.py` is the only module that touches them; each test here
+checks one accessor on the installed versions and fails with a message that
+names them and the versions tfpar was checked on, so an upgrade that moves
+an attribute says what broke instead of changing training silently.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfpar import internals
+from tfpar.strategies import DataParallel
+from tfpar.strategies.compression import CastingAllReduce
+
+from conftest import build_mlp, compile_model, make_data
+
+VERSIONS = (f"Keras {keras.__version__} / TensorFlow {tf.__version__} "
+            f"(tfpar/internals.py was checked on {internals.CHECKED_ON})")
+
+
+def holds(condition, what: str) -> None:
+    assert condition, f"{what} no longer holds on {VERSIONS}: update tfpar/internals.py"
+
+
+def test_compile_config_and_home_strategy():
+    model = build_mlp()
+    holds(internals.compile_config(model) == {}, "compile_config of an uncompiled model")
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    holds(internals.compile_config(model).get("loss") == "mse", "compile_config")
+    holds(internals.home_strategy(model) is None, "home_strategy outside a scope")
+    strategy = DataParallel(2)
+    with strategy.scope():
+        inside = build_mlp()
+    holds(internals.home_strategy(inside) is strategy, "home_strategy inside a scope")
+
+
+def test_loss_tracker_compute_loss_and_training_argument():
+    model = compile_model(build_mlp())
+    x, y = make_data(32)
+    history = model.fit(x, y, batch_size=32, verbose=0)
+    tracker = internals.loss_tracker(model)
+    holds(isinstance(tracker, keras.metrics.Mean), "loss_tracker is a Mean")
+    holds(np.isclose(float(tracker.result()), history.history["loss"][-1]), "loss_tracker feeds History")
+    y_pred = model(x)
+    holds(np.isclose(float(internals.compute_loss(model, x=x, y=y, y_pred=y_pred, training=False)),
+                     float(model.compute_loss(x=x, y=y, y_pred=y_pred))), "compute_loss")
+    holds(internals.call_has_training_arg(model) is True, "call_has_training_arg")
+
+
+def test_symbolic_build_and_its_hook():
+    model = compile_model(build_mlp())
+    x, y = make_data(32)
+    internals.symbolic_build(model, (x[:1], y[:1], None))
+    holds(model._compile_metrics.built, "symbolic_build builds the compiled metrics")  # noqa: SLF001
+    calls = []
+
+    def build(iterator=None, data_batch=None):
+        calls.append(iterator)
+        internals.symbolic_build(model, (x[:1], y[:1], None))
+
+    with internals.override_symbolic_build(model, build):
+        model.fit(x, y, batch_size=32, verbose=0)
+    holds(len(calls) == 1 and calls[0] is not None, f"fit calls {internals.SYMBOLIC_BUILD_HOOK}(iterator=...)")
+    holds(internals.SYMBOLIC_BUILD_HOOK not in vars(model), "override_symbolic_build restores the hook")
+
+
+def test_functional_graph_accessors():
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    shared = keras.layers.Dense(2, name="shared")
+    outputs = {"p": shared(keras.layers.Dense(2)(a)), "q": shared(b)}
+    model = keras.Model({"a": a, "b": b}, outputs)
+    holds(internals.is_functional(model) and not internals.is_functional(keras.Model()),
+          "is_functional")
+    flat = internals.standardize_inputs(model, {"b": np.ones((1, 2)), "a": np.zeros((1, 3))})
+    holds([tuple(t.shape) for t in flat] == [(1, 3), (1, 2)], "standardize_inputs orders inputs")
+    holds(set(internals.output_structure(model)) == {"p", "q"}, "output_structure")
+    holds(internals.inbound_node_count(shared) == 2, "inbound_node_count of a shared layer")
+
+
+def test_added_losses_and_keras_logits():
+    class AddsLoss(keras.layers.Layer):
+        def call(self, inputs):
+            self.add_loss(keras.ops.mean(inputs))
+            return inputs
+
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(3, kernel_regularizer="l2")(AddsLoss()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+    model(np.ones((2, 3), "float32"))
+    holds(len(internals.added_losses(model)) == 1, "added_losses (add_loss, without regularizers)")
+
+    @tf.function
+    def logits_kept(x):
+        out = model(x)
+        holds(internals.keras_logits(out) is not None, "keras_logits of a softmax output")
+        holds(internals.keras_logits(tf.nn.relu(x)) is None, "keras_logits of a plain tensor")
+        return out
+
+    logits_kept(np.ones((2, 3), "float32"))
+
+
+def test_mirrored_strategy_accessors():
+    strategy = DataParallel(2, bytes_per_pack=1024, compression="bf16")
+    holds(internals.communication_options(strategy.extended).bytes_per_pack == 1024,
+          "communication_options")
+    holds(isinstance(internals.cross_device_ops(strategy.extended), CastingAllReduce), "cross_device_ops")
+    keys = strategy.extended._collective_keys  # noqa: SLF001  (what the key base sets)
+    holds(keys._group_key > 100_000, "set_collective_key_base")  # noqa: SLF001
+    values = [tf.constant(1.0), tf.constant(2.0)]
+    holds(isinstance(internals.per_replica(values), tf.distribute.DistributedValues), "per_replica")
+    holds(isinstance(internals.mirrored(values), tf.distribute.DistributedValues), "mirrored")
+    holds(float(internals.unscale_loss_for_distribution(tf.constant(3.0))) == 3.0,
+          "unscale_loss_for_distribution outside a strategy")

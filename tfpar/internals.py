@@ -1,0 +1,178 @@
+"""The one door to Keras' and TensorFlow's private attributes.
+
+tfpar needs a few things neither library makes public: the compiled loss
+configuration, the hook through which Keras builds metric state from a first
+batch, the logits a softmax leaves on its output, the options a
+MirroredStrategy merges into its collectives. Each is reached here and
+nowhere else in tfpar, so that a release which moves one breaks a single
+named test (tests/test_internals.py, which names the versions it was
+checked on) instead of silently changing what tfpar trains.
+
+Checked on TensorFlow 2.21.0 and Keras 3.15.1 (setup.py caps TensorFlow
+below the next minor release for this reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
+from tensorflow.python.distribute import values as tf_values
+
+CHECKED_ON = {"tensorflow": "2.21.0", "keras": "3.15.1"}
+
+__all__ = [
+    "CHECKED_ON",
+    "added_losses",
+    "call_has_training_arg",
+    "communication_options",
+    "compile_config",
+    "compute_loss",
+    "cross_device_ops",
+    "home_strategy",
+    "inbound_node_count",
+    "is_functional",
+    "keras_logits",
+    "loss_tracker",
+    "mirrored",
+    "output_structure",
+    "override_symbolic_build",
+    "per_replica",
+    "set_collective_key_base",
+    "set_communication_options",
+    "set_cross_device_ops",
+    "standardize_inputs",
+    "symbolic_build",
+    "unscale_loss_for_distribution",
+]
+
+
+# --- compiled models ----------------------------------------------------
+
+
+def compile_config(model: keras.Model) -> dict:
+    """The arguments `model.compile` was called with (loss, metrics, ...);
+    {} for an uncompiled model."""
+    config = getattr(model, "_compile_config", None)
+    return {} if config is None else config.config
+
+
+def home_strategy(model: keras.Model):
+    """The tf.distribute strategy whose scope built `model`, or None."""
+    return getattr(model, "_distribute_strategy", None)
+
+
+def loss_tracker(model: keras.Model) -> keras.metrics.Metric:
+    """The `Mean` behind History's "loss"."""
+    return model._loss_tracker  # pylint: disable=protected-access
+
+
+def compute_loss(model: keras.Model, **kwargs):
+    """`model.compute_loss` as Keras' own steps call it (it also handles a
+    user override's signature)."""
+    return model._compute_loss(**kwargs)  # pylint: disable=protected-access
+
+
+def call_has_training_arg(model: keras.Model) -> bool:
+    return model._call_has_training_arg  # pylint: disable=protected-access
+
+
+def symbolic_build(model: keras.Model, data_batch) -> None:
+    """Builds metric, loss and optimizer state from one batch, as `fit` does
+    before its first step under a strategy."""
+    model._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access
+
+
+# The method `fit` and `evaluate` call to build state before the first
+# step; PipelineModel overrides it, `override_symbolic_build` replaces it.
+SYMBOLIC_BUILD_HOOK = "_maybe_symbolic_build"
+
+
+@contextlib.contextmanager
+def override_symbolic_build(model: keras.Model, build):
+    """Makes `fit`/`evaluate` call `build(iterator=..., data_batch=...)`
+    instead of Keras' own first-batch build, for the duration."""
+    setattr(model, SYMBOLIC_BUILD_HOOK, build)
+    try:
+        yield
+    finally:
+        delattr(model, SYMBOLIC_BUILD_HOOK)
+
+
+# --- functional graphs ----------------------------------------------------
+
+
+def is_functional(model: keras.Model) -> bool:
+    """True for a model with a layer graph (functional API)."""
+    return hasattr(model, "operations") and getattr(model, "_inputs_struct", None) is not None
+
+
+def standardize_inputs(model: keras.Model, inputs) -> list:
+    """`inputs` (a tensor, list or dict) as the flat list of the functional
+    model's inputs, in order."""
+    return model._standardize_inputs(inputs)  # pylint: disable=protected-access
+
+
+def output_structure(model: keras.Model):
+    """The nesting of a functional model's outputs (a tensor, list or dict)."""
+    return getattr(model, "_outputs_struct", model.outputs)
+
+
+def inbound_node_count(op) -> int:
+    """How many times a layer or op was called in building graphs."""
+    return len(getattr(op, "_inbound_nodes", []))
+
+
+def added_losses(model: keras.Model) -> list:
+    """The losses the model's layers added in their last call (`add_loss`,
+    activity regularizers), without the weight regularizers."""
+    return [loss for layer in model._flatten_layers()  # pylint: disable=protected-access
+            for loss in layer._get_own_losses()]  # pylint: disable=protected-access
+
+
+def keras_logits(tensor):
+    """The logits a Keras softmax/sigmoid attached to its output, or None.
+
+    Keras' TensorFlow crossentropies compute from these instead of the
+    probabilities (keras/src/backend/tensorflow/nn.py `_get_logits`).
+    """
+    return getattr(tensor, "_keras_logits", None)
+
+
+# --- tf.distribute's Mirrored family -------------------------------------
+
+
+def set_collective_key_base(strategy, base: int) -> None:
+    """Sets the first collective key a MirroredStrategy about to be
+    initialised will use (read by MirroredExtended.__init__)."""
+    strategy._collective_key_base = base  # pylint: disable=protected-access
+
+
+def communication_options(extended) -> tf.distribute.experimental.CommunicationOptions:
+    """The options MirroredExtended merges into every reduction it launches."""
+    return extended._communication_options  # pylint: disable=protected-access
+
+
+def set_communication_options(extended, options) -> None:
+    extended._communication_options = options  # pylint: disable=protected-access
+
+
+def cross_device_ops(extended) -> tf.distribute.CrossDeviceOps:
+    """The implementation every reduction of a Mirrored-family strategy goes through."""
+    return extended._cross_device_ops  # pylint: disable=protected-access
+
+
+def set_cross_device_ops(extended, ops: tf.distribute.CrossDeviceOps) -> None:
+    extended._cross_device_ops = ops  # pylint: disable=protected-access
+
+
+def per_replica(values: list):
+    """A PerReplica value of one tensor per local replica, as reductions take."""
+    return tf_values.PerReplica(values)
+
+
+def mirrored(values: list):
+    """A Mirrored value (the same tensor on every replica), as reductions return."""
+    return tf_values.Mirrored(values)
