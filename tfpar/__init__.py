@@ -10,7 +10,7 @@ Example:
 from tfpar import datasets, models, strategies, timeline
 from tfpar.devices import configure_devices
 from tfpar.fit import fit_distributed
-from tfpar.placement import describe_placement
+from tfpar.describe import describe_placement
 
 __version__ = "0.1.0"
 
