@@ -3,6 +3,8 @@
 import importlib.util
 import pathlib
 import re
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,3 +30,19 @@ def test_build_is_what_the_generator_writes():
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
     assert (ROOT / "BUILD").read_text() == generator.render(), "run: python tools/update_build.py"
+
+
+def test_each_py_test_runs_its_file_through_pytest_and_fails_when_a_test_fails(tmp_path):
+    build = (ROOT / "BUILD").read_text()
+    targets = re.findall(r"py_test\((.*?)\n\)", build, flags=re.S)
+    assert targets and all('main = "tests/pytest_main.py"' in t for t in targets)
+    (tmp_path / "test_fails.py").write_text("def test_fails():\n    assert 1 == 2\n")
+    (tmp_path / "test_passes.py").write_text("def test_passes():\n    assert 1 == 1\n")
+    runner = [sys.executable, str(ROOT / "tests" / "pytest_main.py")]
+    # From the tree's root, as Bazel runs a target from its runfiles root.
+    failed = subprocess.run(runner + [str(tmp_path / "test_fails.py")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    passed = subprocess.run(runner + [str(tmp_path / "test_passes.py")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0 and "1 failed" in failed.stdout, failed.stdout[-2000:]
+    assert passed.returncode == 0 and "1 passed" in passed.stdout, passed.stdout[-2000:]
