@@ -1,6 +1,7 @@
 """fit_distributed as a drop-in for model.fit: inputs, callbacks, results."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -189,8 +190,16 @@ def test_unbuilt_model_is_built_and_receives_the_weights(data):
     assert int(model.optimizer.iterations.numpy()) == 8
 
 
-def test_uneven_final_batch_warns(data):
+def test_uneven_final_batch_is_padded_and_exact(data):
+    # 256 samples in batches of 48: the last (16) is padded, not split 4/4/4/4
+    # unevenly weighted; the result is one device's.
     x, y = data
+    reference = compile_model(build_mlp())
+    reference.fit(x, y, batch_size=48, verbose=0, shuffle=False)
     model = compile_model(build_mlp())
-    with pytest.warns(UserWarning, match="do not divide into batches of 48"):
-        tfpar.fit_distributed(model, x, y, batch_size=48, verbose=0, strategy=DataParallel(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exact: nothing to warn about
+        tfpar.fit_distributed(model, x, y, batch_size=48, verbose=0, shuffle=False,
+                              strategy=DataParallel(["cpu:0", "cpu:1", "cpu:2"]))
+    for a, b in zip(weights_of(model), weights_of(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -160,3 +160,33 @@ def test_embedding_gradients_stay_sparse_so_adam_matches_one_device():
                           strategy=GPipe(2, microbatches=2))
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_position_embedding_shared_by_all_samples_matches_one_device_under_adam():
+    # keras.io's TokenAndPositionEmbedding looks positions up once per batch:
+    # its gradient has one entry per position, summed over the samples.
+    class PositionEmbedding(keras.layers.Layer):
+        def __init__(self, length, width):
+            super().__init__()
+            self.table = keras.layers.Embedding(length, width)
+
+        def call(self, x):
+            return x + self.table(keras.ops.arange(keras.ops.shape(x)[1]))
+
+    def build():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 4))
+        x = keras.layers.Flatten()(PositionEmbedding(8, 4)(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(1)(x))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        return model
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 4)).astype("float32"), rng.normal(size=(64, 1)).astype("float32")
+    reference = build()
+    reference.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    model = build()
+    tfpar.fit_distributed(model, x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
+                          strategy=GPipe(2, microbatches=4))
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -26,6 +26,7 @@ CHECKED_ON = {"tensorflow": "2.21.0", "keras": "3.15.1"}
 __all__ = [
     "CHECKED_ON",
     "added_losses",
+    "builds_by_running",
     "call_has_training_arg",
     "communication_options",
     "compile_config",
@@ -130,6 +131,13 @@ def added_losses(model: keras.Model) -> list:
     activity regularizers), without the weight regularizers."""
     return [loss for layer in model._flatten_layers()  # pylint: disable=protected-access
             for loss in layer._get_own_losses()]  # pylint: disable=protected-access
+
+
+def builds_by_running(layer) -> bool:
+    """True for a layer without its own `build()` whose sublayers are not
+    built yet: Keras builds it by running its `call` symbolically, and
+    warns when `build()` is called on it instead."""
+    return getattr(layer.build, "_is_default", False) and any(not sub.built for sub in layer._layers)  # pylint: disable=protected-access
 
 
 def keras_logits(tensor):

@@ -451,11 +451,7 @@ class _Step:
             dense = self.accumulators[key].read_value() if key in self.started else None
             sparse = self.sparse.get(key)
             if sparse:
-                sparse = tf.IndexedSlices(
-                    tf.concat([s.values for s in sparse], axis=0),
-                    tf.concat([s.indices for s in sparse], axis=0),
-                    sparse[0].dense_shape,
-                )
+                sparse = _combine_slices(sparse)
                 # One tape sums a dense and a sparse gradient into a dense one.
                 grads.append(sparse if dense is None else dense + tf.convert_to_tensor(sparse))
             else:
@@ -478,6 +474,37 @@ class _Step:
         if isinstance(grad, tf.IndexedSlices):
             grad = tf.convert_to_tensor(grad)
         table[key] = grad if key not in table else table[key] + grad
+
+
+def _combine_slices(slices: list) -> tf.IndexedSlices:
+    """The IndexedSlices gradient one device would compute from the
+    micro-batches' gradients of one embedding table.
+
+    A lookup per sample (token ids) gives one entry per sample, so the
+    batch's gradient is the micro-batches' entries side by side. A lookup
+    shared by all samples (positions, `ops.arange`) gives the same ids in
+    every micro-batch, each entry already summed over its samples, so the
+    batch's gradient is those ids with the values summed. The two differ for
+    Adam and RMSprop, which square each entry. Identical ids in every
+    micro-batch are taken as the shared case (token ids coincide so only
+    when every micro-batch holds the same samples).
+    """
+    if len(slices) == 1:
+        return slices[0]
+    first = slices[0].indices
+
+    def same_ids(indices):
+        return tf.cond(tf.reduce_all(tf.shape(indices) == tf.shape(first)),
+                       lambda: tf.reduce_all(tf.equal(indices, first)), lambda: tf.constant(False))
+
+    shared = tf.reduce_all(tf.stack([same_ids(s.indices) for s in slices[1:]]))
+    values, indices = tf.cond(
+        shared,
+        lambda: (tf.add_n([s.values for s in slices]), first),
+        lambda: (tf.concat([s.values for s in slices], axis=0),
+                 tf.concat([s.indices for s in slices], axis=0)),
+    )
+    return tf.IndexedSlices(values, indices, slices[0].dense_shape)
 
 
 def _split_sizes(batch, parts: int):

@@ -149,7 +149,7 @@ def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         twin = layer.__class__.from_config(config)
     except TypeError as error:
         twin = _from_own_arguments(layer, config, error)
-    if layer.built and not twin.built:
+    if layer.built and not twin.built and not internals.builds_by_running(twin):
         twin.build_from_config(layer.get_build_config())
     return twin
 

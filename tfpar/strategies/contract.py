@@ -35,8 +35,9 @@ def for_strategy(strategy) -> Runner:
     return strategy
 
 
-def check_divisible(x, fit_kwargs: dict, parts: int, what: str, *, uneven_note: str) -> None:
-    """Checks the global batch splits into `parts`; warns on a short last batch.
+def check_divisible(x, fit_kwargs: dict, parts: int, what: str, *, uneven_note: str | None) -> None:
+    """Checks the global batch splits into `parts`; warns on a short last
+    batch when `uneven_note` says what happens to it.
 
     Raises:
       ValueError: `batch_size` is not divisible by `parts`.
@@ -52,7 +53,7 @@ def check_divisible(x, fit_kwargs: dict, parts: int, what: str, *, uneven_note: 
             f"Received: batch_size={batch}. Use batch_size={lower} or {lower + parts}."
         )
     count = inputs.sample_count(x)
-    if count is None:
+    if count is None or uneven_note is None:
         return
     # Keras keeps the first floor(n * (1 - validation_split)) samples to train.
     train = math.floor(count * (1.0 - (fit_kwargs.get("validation_split") or 0.0)))
@@ -73,11 +74,10 @@ class _Distribute:
     def check_fit(self, x, fit_kwargs: dict) -> None:
         check_divisible(
             x, fit_kwargs, self.strategy.num_replicas_in_sync, "replicas",
-            uneven_note=(
-                "It is padded with zero-weight samples to an equal share per "
-                "replica, so training stays exact, except in layers that look "
-                "across the batch (BatchNormalization sees the padding)."
-            ),
+            # A short batch is padded to equal shares and stays exact
+            # (equal_shares), or, for a model with its own train_step,
+            # warned about there.
+            uneven_note=None,
         )
 
     def recreate(self, model: keras.Model) -> keras.Model:

@@ -84,6 +84,8 @@ class ModelSplit:
         )
 
     def recreate(self, model: keras.Model) -> keras.Model:
+        if not isinstance(model, keras.Sequential):
+            placement.functional_view(model)  # a subclassed model cannot be split at all
         if not model.built:
             raise ValueError(
                 f"Model {model.name!r} must be built before it is split into "
