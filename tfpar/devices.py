@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tfpar import checks
+
 # TensorFlow needs a memory cap for each logical GPU it carves out of a
 # physical one; 1 GiB is TensorFlow's own documented example value.
 _DEFAULT_GPU_MEMORY_MB = 1024
@@ -57,7 +59,7 @@ def configure_devices(
         ['/device:CPU:0', '/device:CPU:1', '/device:CPU:2', '/device:CPU:3']
     """
     for kind, count in (("cpu", cpu), ("gpu", gpu)):
-        if count is not None and (not isinstance(count, int) or count < 1):
+        if count is not None and not checks.is_whole(count):
             raise ValueError(
                 f"configure_devices: `{kind}` must be a whole number >= 1 or "
                 f"None. Received: {kind}={count!r}."
@@ -77,10 +79,7 @@ def configure_devices(
 
 
 def _set_intra_op_threads(threads: int) -> None:
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(
-            f"intra_op_threads must be a whole number >= 1. Received: {threads!r}."
-        )
+    checks.whole_number("intra_op_threads", threads)
     if tf.config.threading.get_intra_op_parallelism_threads() == threads:
         return
     try:

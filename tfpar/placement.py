@@ -141,8 +141,7 @@ def stage_sizes(
 
 def device_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]):
     """A `clone_function` that builds each layer on its stage's device."""
-    ops = operations(model)
-    device_of = {op.name: devices[stage] for op, stage in zip(ops, op_stages(ops, sizes))}
+    device_of = _device_of(model, devices, sizes)
 
     def clone(layer):
         with tf.device(device_of.get(layer.name, devices[0])):
@@ -165,14 +164,19 @@ def call_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[in
     creates on its first call (sublayers made in __init__) land there too."""
     if isinstance(model, keras.Sequential):
         return None  # clone_model takes none for Sequential; `clone` builds
-    ops = operations(model)
-    device_of = {op.name: devices[stage] for op, stage in zip(ops, op_stages(ops, sizes))}
+    device_of = _device_of(model, devices, sizes)
 
     def call(layer, *args, **kwargs):
         with tf.device(device_of.get(layer.name, devices[0])):
             return layer(*args, **kwargs)
 
     return call
+
+
+def _device_of(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]) -> dict:
+    """Layer or op name -> its stage's device."""
+    ops = operations(model)
+    return {op.name: devices[stage] for op, stage in zip(ops, op_stages(ops, sizes))}
 
 
 def _built_lazily(twin, layer) -> bool:
@@ -185,17 +189,11 @@ def check_devices(graph: "Graph") -> None:
     Raises:
       ValueError: variables placed elsewhere (named, with their devices).
     """
-    misplaced = []
-    for stage in graph.stages:
-        want = tf.DeviceSpec.from_string(stage.device)
-        for variable in stage.model.variables:
-            have = tf.DeviceSpec.from_string(variable.value.device)
-            if (have.device_type or "").upper() != (want.device_type or "CPU").upper() or (
-                (want.device_index or 0) != (have.device_index or 0)
-            ) or (want.task is not None and want.task != have.task) or (
-                want.job is not None and want.job != have.job
-            ):
-                misplaced.append(f"{variable.path} on {variable.value.device} (stage {stage.index}: {stage.device})")
+    misplaced = [
+        f"{variable.path} on {variable.value.device} (stage {stage.index}: {stage.device})"
+        for stage in graph.stages for variable in stage.model.variables
+        if not _is_on(variable.value.device, stage.device)
+    ]
     if misplaced:
         raise ValueError(
             "Each layer's variables must live on its stage's device. Received "
@@ -273,6 +271,15 @@ def placement_table(model: keras.Model, devices: Sequence[str], sizes: Sequence[
             f"{sum(costs_lib.flops(op) for op in members):,}",
         ))
     return Placement(rows)
+
+
+def _is_on(actual: str, wanted: str) -> bool:
+    """Whether a full device name (job, task, type, index) is the device a
+    stage asked for; the parts the stage leaves out match anything."""
+    have, want = tf.DeviceSpec.from_string(actual), tf.DeviceSpec.from_string(wanted)
+    return ((have.device_type or "").upper() == (want.device_type or "CPU").upper()
+            and (have.device_index or 0) == (want.device_index or 0)
+            and want.job in (None, have.job) and want.task in (None, have.task))
 
 
 def _stage_index(sizes: Sequence[int]) -> list[int]:

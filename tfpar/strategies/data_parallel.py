@@ -15,6 +15,7 @@ import itertools
 
 import tensorflow as tf
 
+from tfpar import checks
 from tfpar import devices as devices_lib
 from tfpar import internals
 from tfpar.strategies import compression as compression_lib
@@ -73,11 +74,7 @@ class DataParallel(tf.distribute.MirroredStrategy):
                 f"Received: all_reduce={all_reduce!r}."
             )
         compression_lib.wire_dtype(compression)  # validates the name
-        if isinstance(bytes_per_pack, bool) or not isinstance(bytes_per_pack, int) or bytes_per_pack < 0:
-            raise ValueError(
-                "bytes_per_pack must be a whole number >= 0 (0 = one pack). "
-                f"Received: bytes_per_pack={bytes_per_pack!r}."
-            )
+        checks.whole_number("bytes_per_pack", bytes_per_pack, minimum=0, meaning=" (0 = one pack)")
         names = devices_lib.resolve(devices)
         if all_reduce == "nccl" and not all("GPU" in n.upper() for n in names):
             raise ValueError(

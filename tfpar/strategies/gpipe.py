@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tfpar import checks
 from tfpar import schedule as schedule_lib
 from tfpar.strategies.model_split import ModelSplit
 
@@ -60,10 +61,7 @@ class GPipe(ModelSplit):
         device_speeds: Sequence[float] | None = None,
         record_timeline: bool = False,
     ):
-        if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
-            raise ValueError(
-                f"microbatches must be a whole number >= 1. Received: microbatches={microbatches!r}."
-            )
+        checks.whole_number("microbatches", microbatches)
         if schedule not in schedule_lib.SCHEDULES:
             raise ValueError(
                 f"schedule must be one of {list(schedule_lib.SCHEDULES)}. Received: schedule={schedule!r}."

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar import cluster
+from tfpar import checks, cluster
 from tfpar.strategies import compression as compression_lib
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
@@ -67,10 +67,7 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
                 f"all_reduce must be one of {list(ALL_REDUCE)}. Received: all_reduce={all_reduce!r}."
             )
         compression_lib.wire_dtype(compression)  # validates the name
-        if isinstance(bytes_per_pack, bool) or not isinstance(bytes_per_pack, int) or bytes_per_pack < 0:
-            raise ValueError(
-                f"bytes_per_pack must be a whole number >= 0. Received: bytes_per_pack={bytes_per_pack!r}."
-            )
+        checks.whole_number("bytes_per_pack", bytes_per_pack, minimum=0, meaning=" (0 = one pack)")
         if timeout_seconds is not None and not timeout_seconds > 0:
             raise ValueError(
                 f"timeout_seconds must be > 0 or None. Received: timeout_seconds={timeout_seconds!r}."

@@ -1,0 +1,38 @@
+"""Checks of user arguments that several modules share (pure Python).
+
+Errors take tfpar's one form: what must hold, then `Received: name=value.`
+
+Example:
+    >>> whole_number("microbatches", 4)
+    4
+    >>> whole_number("microbatches", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: microbatches must be a whole number >= 1. Received: microbatches=0.
+"""
+
+from __future__ import annotations
+
+
+def is_whole(value, minimum: int = 1) -> bool:
+    """True for an int (not a bool) of at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def whole_number(name: str, value, *, minimum: int = 1, meaning: str = "") -> int:
+    """Returns `value` if it is a whole number >= `minimum`.
+
+    Args:
+      name: the argument's name, as the user wrote it.
+      value: what the user passed.
+      minimum: the smallest valid value.
+      meaning: an aside on what a value means, e.g. " (0 = one pack)".
+
+    Raises:
+      ValueError: `value` is not an int >= `minimum` (a bool is not one).
+    """
+    if not is_whole(value, minimum):
+        raise ValueError(
+            f"{name} must be a whole number >= {minimum}{meaning}. Received: {name}={value!r}."
+        )
+    return value
