@@ -138,20 +138,15 @@ class PipelineModel(keras.Model):
         order = self._plan.order
         stages = self._plan.graph.stages
         producer = {key: stage.index for stage in stages for key in stage.output_keys}
+        feeds = [sorted({producer[k] for k in stage.input_keys if k in producer}) for stage in stages]
         position = {task: index for index, task in enumerate(order)}
         needs, previous = [], {}
-        for stage_index, (kind, micro) in order:
-            stage = stages[stage_index]
-            if kind == "F":
-                deps = {(producer[k], ("F", micro)) for k in stage.input_keys if k in producer}
-            else:
-                outputs = set(stage.output_keys)
-                deps = {(other.index, ("B", micro)) for other in stages
-                        if other.index != stage_index and outputs & set(other.input_keys)}
+        for stage_index, task in order:
+            deps = set(schedule_lib.task_needs(stage_index, task, feeds))
             if stage_index in previous:
                 deps.add(previous[stage_index])
             needs.append(sorted(position[d] for d in deps))
-            previous[stage_index] = (stage_index, (kind, micro))
+            previous[stage_index] = (stage_index, task)
         return needs
 
     def last_timeline(self):

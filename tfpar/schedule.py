@@ -82,6 +82,7 @@ def clock(sequences: list[list[Task]], forward_ticks: int = 1, backward_ticks: i
     the stage is free: the ideal timeline the graph chaining reproduces.
     """
     k = len(sequences)
+    feeds = chain(k)
     position = [0] * k
     free_at = [0] * k
     done: dict[tuple[int, Task], int] = {}
@@ -93,7 +94,7 @@ def clock(sequences: list[list[Task]], forward_ticks: int = 1, backward_ticks: i
             if position[stage] == len(sequences[stage]):
                 continue
             task = sequences[stage][position[stage]]
-            needs = _needs(stage, task, k)
+            needs = task_needs(stage, task, feeds)
             if all(n in done for n in needs):
                 start = max([free_at[stage]] + [done[n] for n in needs])
                 ready.append((start, stage, task))
@@ -109,12 +110,27 @@ def clock(sequences: list[list[Task]], forward_ticks: int = 1, backward_ticks: i
     return events
 
 
-def _needs(stage: int, task: Task, k: int) -> list[tuple[int, Task]]:
+def chain(num_stages: int) -> list[list[int]]:
+    """`feeds` of a plain chain of stages: stage s reads stage s-1."""
+    return [[stage - 1] if stage else [] for stage in range(num_stages)]
+
+
+def task_needs(stage: int, task: Task, feeds: list[list[int]]) -> list[tuple[int, Task]]:
+    """The tasks whose results `task` on `stage` waits for: a forward, the
+    same micro-batch's forward on each stage it reads (`feeds[stage]`); a
+    backward, the micro-batch's backward on each stage that reads it, and
+    its own forward. The one statement of the rules, used by the simulator
+    here and by the engine (`PipelineModel.task_needs`), whose stages may
+    also read past their neighbour (a skip connection).
+
+    >>> task_needs(1, ("B", 0), chain(3))
+    [(2, ('B', 0)), (1, ('F', 0))]
+    """
     kind, micro = task
     if kind == "F":
-        return [(stage - 1, ("F", micro))] if stage > 0 else []
-    upstream = [(stage + 1, ("B", micro))] if stage < k - 1 else []
-    return upstream + [(stage, ("F", micro))]
+        return [(source, ("F", micro)) for source in feeds[stage]]
+    readers = [reader for reader, sources in enumerate(feeds) if stage in sources]
+    return [(reader, ("B", micro)) for reader in readers] + [(stage, ("F", micro))]
 
 
 def render(sequences: list[list[Task]]) -> str:
