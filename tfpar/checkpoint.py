@@ -21,6 +21,8 @@ import tempfile
 import keras
 import numpy as np
 
+from tfpar import inputs
+
 _STATE, _POSITION = "state.npz", "position.json"
 
 
@@ -147,8 +149,7 @@ def _split_validation(x, y, kwargs):
     if not split:
         return x, y, kwargs
     # As Keras: the last fraction of the samples, before any shuffling.
-    count = int(keras.tree.flatten(x)[0].shape[0])
-    at = int(np.floor(count * (1.0 - split)))
+    at = inputs.training_count(int(keras.tree.flatten(x)[0].shape[0]), split)
     head = lambda data: None if data is None else keras.tree.map_structure(lambda a: a[:at], data)  # noqa: E731
     tail = lambda data: None if data is None else keras.tree.map_structure(lambda a: a[at:], data)  # noqa: E731
     weights = kwargs.get("sample_weight")

@@ -40,6 +40,12 @@ def sample_count(x) -> int | None:
     return None if first is None else int(first.shape[0])
 
 
+def training_count(count: int, validation_split: float | None) -> int:
+    """How many of `count` samples Keras trains on with `validation_split`:
+    the first floor(count * (1 - split)), before any shuffling."""
+    return int(np.floor(count * (1.0 - (validation_split or 0.0))))
+
+
 def is_array_like(x) -> bool:
     """True for inputs Keras batches itself (arrays, tensors, dicts of them)."""
     return _first_array(x) is not None

@@ -27,9 +27,36 @@ most K-s micro-batches, with the same arithmetic and the same result:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 SCHEDULES = ("gpipe", "1f1b")
 
-Task = tuple  # ("F" | "B", micro-batch index)
+
+class Task(NamedTuple):
+    """One pass of one micro-batch on a stage: a forward ("F") or a
+    backward ("B"). Still a tuple, so ("F", 3) compares equal; prints as
+    "F3" and parses back.
+
+    >>> str(Task("B", 3)), Task.parse("F12") == ("F", 12)
+    ('B3', True)
+    """
+
+    kind: str
+    micro: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}{self.micro}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Task":
+        """The task a string such as "F3" names.
+
+        Raises:
+          ValueError: not a kind (F or B) followed by a micro-batch index.
+        """
+        if len(text) < 2 or text[0] not in "FB" or not text[1:].isdigit():
+            raise ValueError(f'A task is "F" or "B" and a micro-batch index, e.g. "F3". Received: {text!r}.')
+        return cls(text[0], int(text[1:]))
 
 
 def per_stage(schedule: str, num_stages: int, num_microbatches: int) -> list[list[Task]]:
@@ -50,15 +77,15 @@ def per_stage(schedule: str, num_stages: int, num_microbatches: int) -> list[lis
 
 def _gpipe(m: int) -> list[Task]:
     # Backward from the last micro-batch: its forward finished last.
-    return [("F", i) for i in range(m)] + [("B", i) for i in reversed(range(m))]
+    return [Task("F", i) for i in range(m)] + [Task("B", i) for i in reversed(range(m))]
 
 
 def _one_f_one_b(stage: int, k: int, m: int) -> list[Task]:
     warmup = min(k - 1 - stage, m)
-    tasks = [("F", i) for i in range(warmup)]
+    tasks = [Task("F", i) for i in range(warmup)]
     for i in range(m - warmup):
-        tasks += [("F", warmup + i), ("B", i)]
-    tasks += [("B", i) for i in range(m - warmup, m)]
+        tasks += [Task("F", warmup + i), Task("B", i)]
+    tasks += [Task("B", i) for i in range(m - warmup, m)]
     return tasks
 
 
@@ -123,14 +150,14 @@ def task_needs(stage: int, task: Task, feeds: list[list[int]]) -> list[tuple[int
     here and by the engine (`PipelineModel.task_needs`), whose stages may
     also read past their neighbour (a skip connection).
 
-    >>> task_needs(1, ("B", 0), chain(3))
-    [(2, ('B', 0)), (1, ('F', 0))]
+    >>> task_needs(1, Task("B", 0), chain(3))
+    [(2, Task(kind='B', micro=0)), (1, Task(kind='F', micro=0))]
     """
     kind, micro = task
     if kind == "F":
-        return [(source, ("F", micro)) for source in feeds[stage]]
+        return [(source, Task("F", micro)) for source in feeds[stage]]
     readers = [reader for reader, sources in enumerate(feeds) if stage in sources]
-    return [(reader, ("B", micro)) for reader in readers] + [(stage, ("F", micro))]
+    return [(reader, Task("B", micro)) for reader in readers] + [(stage, Task("F", micro))]
 
 
 def render(sequences: list[list[Task]]) -> str:
@@ -140,7 +167,7 @@ def render(sequences: list[list[Task]]) -> str:
     rows = [[".  "] * ticks for _ in sequences]
     for start, stage, task in events:
         for tick in range(start, start + _ticks(task)):
-            rows[stage][tick] = f"{task[0]}{task[1]:<2}"
+            rows[stage][tick] = f"{str(task):<3}"
     return "\n".join(f"stage {i} | " + "".join(row).rstrip() for i, row in enumerate(rows))
 
 

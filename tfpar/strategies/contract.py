@@ -9,7 +9,6 @@ any `tf.distribute.Strategy` to them.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Protocol
 
@@ -55,8 +54,7 @@ def check_divisible(x, fit_kwargs: dict, parts: int, what: str, *, uneven_note: 
     count = inputs.sample_count(x)
     if count is None or uneven_note is None:
         return
-    # Keras keeps the first floor(n * (1 - validation_split)) samples to train.
-    train = math.floor(count * (1.0 - (fit_kwargs.get("validation_split") or 0.0)))
+    train = inputs.training_count(count, fit_kwargs.get("validation_split"))
     if train % batch:
         warnings.warn(
             f"{train} training samples do not divide into batches of {batch}: "
