@@ -153,13 +153,7 @@ def test_embedding_gradients_stay_sparse_so_adam_matches_one_device():
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 5, (64, 6)), rng.integers(0, 3, 64)
-    reference = build()
-    reference.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-    model = build()
-    tfpar.fit_distributed(model, x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
-                          strategy=GPipe(2, microbatches=2))
-    for a, b in zip(model.get_weights(), reference.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert_trains_like_one_device(build, x, y, GPipe(2, microbatches=2), batch_size=16, atol=1e-5)
 
 
 def test_a_position_embedding_shared_by_all_samples_matches_one_device_under_adam():
@@ -183,10 +177,15 @@ def test_a_position_embedding_shared_by_all_samples_matches_one_device_under_ada
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 8, 4)).astype("float32"), rng.normal(size=(64, 1)).astype("float32")
+    assert_trains_like_one_device(build, x, y, GPipe(2, microbatches=4), batch_size=32, atol=1e-6)
+
+
+def assert_trains_like_one_device(build, x, y, strategy, *, batch_size, atol):
+    """Two epochs of `build()` under `strategy` end as one device's do."""
     reference = build()
-    reference.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    reference.fit(x, y, batch_size=batch_size, epochs=2, shuffle=False, verbose=0)
     model = build()
-    tfpar.fit_distributed(model, x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
-                          strategy=GPipe(2, microbatches=4))
+    tfpar.fit_distributed(model, x, y, batch_size=batch_size, epochs=2, shuffle=False, verbose=0,
+                          strategy=strategy)
     for a, b in zip(model.get_weights(), reference.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol)
