@@ -277,8 +277,13 @@ class _Step:
         sizes = _split_sizes(self.batch + extra, m)
         starts = tf.cumsum(sizes, exclusive=True)
         self.real = tf.unstack(tf.clip_by_value(self.batch - starts, 0, sizes), num=m)
-        grow = (lambda t: tf.concat([t, tf.repeat(t[:1], extra, axis=0)], axis=0)) if m > 1 else (
-            lambda t: t)
+        def grow(t):
+            if m == 1:
+                return t
+            # Copied only when padding is needed, not on every step.
+            return tf.cond(extra > 0, lambda: tf.concat([t, tf.repeat(t[:1], extra, axis=0)], axis=0),
+                           lambda: t)
+
         split = lambda t: tf.split(grow(t), sizes, num=m, axis=0)  # noqa: E731
         xs = [split(t) for t in flat_x]
         self.x = [[parts[i] for parts in xs] for i in range(m)]
