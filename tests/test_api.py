@@ -14,6 +14,21 @@ def test_top_level_api_is_pinned():
     assert sorted(tfpar.models.__all__) == ["encoder_decoder_balance", "mlp", "residual_cnn", "transformer"]
 
 
+def test_modules_that_moved_keep_their_old_names():
+    # tfpar 0.1 had these at the top level; code written against it works.
+    from tfpar import checkpoint, cluster, partition, schedule, timeline
+
+    assert schedule.per_stage is tfpar.pipeline.schedule.per_stage
+    assert partition.partition is tfpar.pipeline.partition.partition
+    assert timeline.PipelineTimeline is tfpar.pipeline.timeline.PipelineTimeline
+    assert checkpoint.load is tfpar.cluster.checkpoint.load
+    assert cluster.parse is tfpar.cluster.tf_config.parse
+    assert cluster.free_ports is tfpar.cluster.peers.free_ports
+    from tfpar import launch, server
+
+    assert launch.launch is tfpar.cluster.launch.launch and server.serve is tfpar.cluster.server.serve
+
+
 def test_public_callables_have_docstrings_with_an_example():
     public = [tfpar.configure_devices, tfpar.fit_distributed, tfpar.strategies.DataParallel,
               tfpar.strategies.ModelSplit, tfpar.strategies.GPipe, tfpar.strategies.MultiWorker,

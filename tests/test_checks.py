@@ -1,14 +1,8 @@
 """The shared argument checks: whole numbers, bools refused, one error form."""
 
-import doctest
-
 import pytest
 
 from tfpar import checks
-
-
-def test_examples_run():
-    assert doctest.testmod(checks).failed == 0
 
 
 @pytest.mark.parametrize("value, minimum, whole", [

@@ -1,11 +1,13 @@
-"""No import cycles inside tfpar, late (function-level) imports included.
+"""No import cycles inside tfpar, late (function-level) imports included,
+and every import follows BUILD's layering.
 
 A cycle hidden by a late import still ties the modules into one knot: the
-layering (pure algorithms < placement < engine < strategies < fit) must
-read from the imports alone.
+layering (core < pipeline, cluster < strategies < tfpar's surface < bench)
+must read from the imports alone.
 """
 
 import ast
+import importlib.util
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tfpar"
@@ -64,6 +66,42 @@ def find_cycle(edges: dict) -> list | None:
 def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def module_path(name: str) -> str:
+    path = PACKAGE.parent / pathlib.Path(*name.split("."))
+    return str((path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).relative_to(PACKAGE.parent))
+
+
+def build_layers():
+    spec = importlib.util.spec_from_file_location("update_build", PACKAGE.parent / "tools" / "update_build.py")
+    layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layers)
+    return layers
+
+
+def layering_violations(edges: dict, library_of, library_deps) -> list[str]:
+    found = []
+    for module, deps in sorted(edges.items()):
+        library = library_of(module_path(module))
+        for dep in sorted(deps):
+            other = library_of(module_path(dep))
+            if other != library and other not in library_deps(library):
+                found.append(f"{module} (:{library}) imports {dep} (:{other})")
+    return found
+
+
+def test_layering_check_finds_an_upward_import():
+    layers = build_layers()
+    upward = {"tfpar.checks": {"tfpar.strategies.registry"}}
+    assert layering_violations(upward, layers.library_of, layers.library_deps) == [
+        "tfpar.checks (:core) imports tfpar.strategies.registry (:strategies)"]
+
+
+def test_every_import_follows_the_build_layering():
+    layers = build_layers()
+    assert layering_violations(graph(), layers.library_of, layers.library_deps) == [], \
+        "import from a lower library, or add the dep in tools/update_build.py's LIBRARIES"
 
 
 def test_tfpar_has_no_import_cycle():

@@ -16,3 +16,21 @@ def test_ci_runs_the_second_readme_command():
     script = (ROOT / ".ci" / "run").read_text().splitlines()
     readme = (ROOT / "README.md").read_text().splitlines()
     assert script[-1] == readme[2]
+
+
+def test_the_layout_section_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("\n```\n", layout.index("```") + 3)]
+    missing = []
+    for path in sorted((ROOT / "tfpar").rglob("*.py")):
+        folder = path.parent.relative_to(ROOT).as_posix() + "/"
+        if path.name in ("__init__.py", "__main__.py") and folder != "tfpar/":
+            continue  # a package's folder line speaks for it
+        if folder in ("tfpar/models/", "tfpar/bench/"):
+            named = path.stem in layout or path.name in layout
+        else:
+            named = f" {path.name} " in layout or f" {path.name}," in layout or f", {path.name} " in layout
+        if not named:
+            missing.append(str(path.relative_to(ROOT)))
+    assert missing == [], "add these to the README's layout section"

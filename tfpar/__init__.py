@@ -3,27 +3,28 @@
 Example:
     >>> import tfpar
     >>> tfpar.configure_devices(cpu=2)
-    >>> history = tfpar.fit_distributed(model, x, y, batch_size=64,
+    ['/device:CPU:0', '/device:CPU:1']
+    >>> history = tfpar.fit_distributed(model, x, y, batch_size=64, verbose=0,
     ...                                 strategy=tfpar.strategies.DataParallel(2))
 """
 
-from tfpar import datasets, models, strategies, timeline
+from tfpar import datasets, models, strategies
+from tfpar.describe import describe_placement
 from tfpar.devices import configure_devices
 from tfpar.fit import fit_distributed
-from tfpar.describe import describe_placement
+from tfpar.pipeline import timeline
+
+# Modules that moved into the pipeline and cluster packages keep their old
+# names here, so that code written against tfpar 0.1 keeps working.
+from tfpar.cluster import checkpoint  # (was tfpar.checkpoint)
+from tfpar.pipeline import partition, schedule  # (were tfpar.partition, tfpar.schedule)
 
 __version__ = "0.1.0"
 
-# Workers started by `python -m tfpar.launch` make their MultiWorker strategy
-# here, before the program runs any TensorFlow op: TensorFlow configures
-# collectives only at startup, and `strategy="multi_worker"` then finds it.
-# TFPAR_MULTI_WORKER is "1" or a JSON object of MultiWorker's arguments.
-import json as _json
-import os as _os
-
-if _os.environ.get("TFPAR_MULTI_WORKER"):
-    _options = _os.environ["TFPAR_MULTI_WORKER"]
-    strategies.MultiWorker(**({} if _options == "1" else _json.loads(_options)))
+# A worker started by `python -m tfpar.launch` (TFPAR_MULTI_WORKER) makes its
+# MultiWorker strategy now, before the program runs any TensorFlow op:
+# TensorFlow configures collectives only at startup.
+strategies.MultiWorker.start_from_environment()
 
 __all__ = [
     "configure_devices",

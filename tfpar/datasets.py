@@ -129,8 +129,10 @@ def npz(path: str, *, test_fraction: float = 0.2, seed: int = 0):
       ValueError: the file lacks those arrays, or their lengths differ.
 
     Example:
-        >>> np.savez("/tmp/data.npz", x=np.zeros((10, 4)), y=np.arange(10))
-        >>> (x, y), (x_test, y_test) = tfpar.datasets.npz("/tmp/data.npz")
+        >>> np.savez("data.npz", x=np.zeros((10, 4)), y=np.arange(10))
+        >>> (x, y), (x_test, y_test) = tfpar.datasets.npz("data.npz")
+        >>> x.shape, x_test.shape
+        ((8, 4), (2, 4))
     """
     _check_fraction(test_fraction)
     with np.load(_existing(path)) as data:
@@ -176,7 +178,15 @@ def tfrecord(
         or samples differ in size.
 
     Example:
-        >>> (x, y), _ = tfpar.datasets.tfrecord("/data/train-*.tfrecord", x_shape=(8, 8, 1))
+        >>> with tf.io.TFRecordWriter("train-0.tfrecord") as writer:
+        ...     for label in range(5):
+        ...         writer.write(tf.train.Example(features=tf.train.Features(feature={
+        ...             "x": tf.train.Feature(float_list=tf.train.FloatList(value=[label] * 64)),
+        ...             "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})
+        ...         ).SerializeToString())
+        >>> (x, y), _ = tfpar.datasets.tfrecord("train-*.tfrecord", x_shape=(8, 8, 1))
+        >>> x.shape[1:]
+        (8, 8, 1)
     """
     import tensorflow as tf  # Late: only this loader needs TensorFlow.
 
@@ -232,9 +242,13 @@ def image_folder(
         class has no images.
 
     Example:
-        >>> (x, y), _ = tfpar.datasets.image_folder("/data/flowers", image_size=(64, 64))
-        >>> x.shape[1:]
-        (64, 64, 3)
+        >>> for name in ("daisy", "rose"):
+        ...     os.makedirs(f"flowers/{name}")
+        ...     for i in range(3):
+        ...         keras.utils.save_img(f"flowers/{name}/{i}.png", np.zeros((32, 32, 3)))
+        >>> (x, y), _ = tfpar.datasets.image_folder("flowers", image_size=(64, 64))
+        >>> x.shape[1:], sorted(set(y.tolist()))
+        ((64, 64, 3), [0, 1])
     """
     import tensorflow as tf  # Late: only this loader needs TensorFlow.
 

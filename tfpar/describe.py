@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import keras
 
-from tfpar import costs as costs_lib
-from tfpar import placement
+from tfpar.pipeline import costs as costs_lib
+from tfpar.pipeline import placement
 from tfpar.strategies import registry
 
 
@@ -24,11 +24,12 @@ def describe_placement(model: keras.Model, strategy, *, show: bool = True) -> pl
       show: print the table.
 
     Example:
-        >>> tfpar.describe_placement(model, tfpar.strategies.GPipe(2))
-        stage  device         layers                count  params  est. FLOPs/sample
-        -----  -------------  --------------------  -----  ------  -----------------
-        0      /device:CPU:0  dense_0 .. dense_1    2      10,432  20,800
-        1      /device:CPU:1  logits                1      650     1,290
+        >>> model = tfpar.models.mlp(64, 10)
+        >>> placement = tfpar.describe_placement(model, tfpar.strategies.GPipe(2))
+        stage  device         layers             count  params  est. FLOPs/sample
+        -----  -------------  -----------------  -----  ------  -----------------
+        0      /device:CPU:0  dense_0            1      8,320   16,512
+        1      /device:CPU:1  dense_1 .. logits  2      8,906   17,738
     """
     strategy = registry.resolve(strategy)
     if hasattr(strategy, "describe"):

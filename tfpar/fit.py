@@ -7,7 +7,8 @@ import inspect
 import keras
 import tensorflow as tf
 
-from tfpar import checkpoint, chief, inputs, internals, replica
+from tfpar import inputs, internals, replica
+from tfpar.cluster import checkpoint, chief
 from tfpar.strategies import contract, registry
 
 _FIT_ARGS = frozenset(inspect.signature(keras.Model.fit).parameters) - {"self", "x", "y"}
@@ -64,10 +65,15 @@ def fit_distributed(
       The `keras.callbacks.History` of the run; `history.model` is `model`.
 
     Example:
-        >>> model = tfpar.models.mlp(input_dim=64, num_classes=10)
-        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        >>> history = tfpar.fit_distributed(model, x, y, batch_size=64, epochs=2,
+        >>> (x, y), _ = tfpar.datasets.digits()
+        >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
+        ...                           keras.layers.Dense(10, activation="softmax")])
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+        ...               metrics=["accuracy"])
+        >>> history = tfpar.fit_distributed(model, x, y, batch_size=64, epochs=5, verbose=0,
         ...                                 strategy=tfpar.strategies.DataParallel(2))
+        >>> history.history["accuracy"][-1] > 0.5  # 0.1 is chance
+        True
     """
     replica.check_compiled(model)
     _check_fit_args(fit_kwargs)

@@ -91,6 +91,15 @@ def symbolic_build(model: keras.Model, data_batch) -> None:
 SYMBOLIC_BUILD_HOOK = "_maybe_symbolic_build"
 
 
+def first_batch(iterator=None, data_batch=None):
+    """The batch the first-batch build hook receives: `data_batch`, or the
+    first batch of Keras' epoch iterator, whose items are (_, _, batches)."""
+    if iterator is not None:
+        for _, _, batches in iterator:
+            return next(batches)
+    return data_batch
+
+
 @contextlib.contextmanager
 def override_symbolic_build(model: keras.Model, build):
     """Makes `fit`/`evaluate` call `build(iterator=..., data_batch=...)`

@@ -20,12 +20,12 @@ SECTIONS = [
     ("tfpar.strategies", None),
     ("tfpar.models", None),
     ("tfpar.datasets", None),
-    ("tfpar.timeline", None),
-    ("tfpar.checkpoint", None),
+    ("tfpar.timeline", None),  # tfpar.pipeline.timeline, public as tfpar.timeline
+    ("tfpar.pipeline.schedule", None),
+    ("tfpar.pipeline.partition", None),
     ("tfpar.cluster", None),
+    ("tfpar.cluster.checkpoint", None),
     ("tfpar.launch", ["launch"]),
-    ("tfpar.schedule", None),
-    ("tfpar.partition", None),
 ]
 COMMANDS = ["tfpar.train", "tfpar.launch", "tfpar.server", "tfpar.bench"]
 
@@ -39,7 +39,7 @@ def render() -> str:
         module = importlib.import_module(name if name != "tfpar.bench" else "tfpar.bench.__main__")
         out += [f"### `python -m {name}`", "", _doc(module), ""]
     for module_name, names in SECTIONS:
-        module = importlib.import_module(module_name)
+        module = _module(module_name)
         out += [f"## `{module_name}`", ""]
         if module_name != "tfpar":
             out += [_doc(module), ""]
@@ -50,6 +50,16 @@ def render() -> str:
                 for method_name, method in _methods(obj):
                     out += [f"#### `{name}.{method_name}{_signature(method)}`", "", _doc(method), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _module(name: str):
+    """The module a public name stands for: imported, or an attribute of
+    its package (tfpar.timeline is tfpar.pipeline.timeline)."""
+    package, _, attribute = name.rpartition(".")
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return getattr(importlib.import_module(package), attribute)
 
 
 def _public(module) -> list[str]:

@@ -1,18 +1,38 @@
 """Writes BUILD (Bazel) from the tree: `python tools/update_build.py`.
 
-One py_library for the package, a py_binary per entry point and a py_test
-per test file, run through pytest by tests/pytest_main.py. tests/test_build.py fails when BUILD differs from what this
-script writes, so adding a module or a test means running it once.
+A py_library per layer of the package (LIBRARIES, lowest first), a
+py_binary per command and a py_test per test file, run through pytest by
+tests/pytest_main.py. Each library's third-party deps are read from its
+imports. tests/test_build.py fails when BUILD differs from what this script
+writes, so adding a module or a test means running it once; and
+tests/test_imports.py fails when a module imports from a library its own
+does not list.
 """
 
 from __future__ import annotations
 
+import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BINARIES = {"train": "tfpar/train.py", "bench": "tfpar/bench/__main__.py",
             "launch": "tfpar/launch.py", "server": "tfpar/server.py"}
-REQUIREMENTS = ("tensorflow", "keras", "numpy", "absl-py", "scikit-learn", "matplotlib", "tensorboard")
+# name, what it holds (a folder or files), the libraries it may import.
+LIBRARIES = [
+    ("core", ["tfpar/checks.py", "tfpar/devices.py", "tfpar/inputs.py", "tfpar/internals.py",
+              "tfpar/replica.py", "tfpar/table.py"], []),
+    ("pipeline", ["tfpar/pipeline/"], ["core"]),
+    ("cluster", ["tfpar/cluster/"], ["core"]),
+    ("strategies", ["tfpar/strategies/"], ["core", "pipeline", "cluster"]),
+    ("models", ["tfpar/models/"], ["pipeline"]),
+    ("tfpar", ["tfpar/"], ["core", "pipeline", "cluster", "strategies", "models"]),
+    ("bench", ["tfpar/bench/"], ["tfpar", "core", "pipeline", "cluster"]),
+]
+# Top-level import name -> pip requirement.
+REQUIREMENTS = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "absl": "absl-py",
+                "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+# Used without an import: Keras' TensorBoard callback needs the package.
+RUNTIME_REQUIREMENTS = {"tfpar": ["tensorboard"]}
 TEST_SUPPORT = ("tests/conftest.py", "tests/multi_worker_job.py")
 RUNNER = "tests/pytest_main.py"  # every py_test's entry point
 HEADER = """\
@@ -34,15 +54,21 @@ def render() -> str:
     support = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py")
                      if not p.name.startswith("test_"))
     parts = [HEADER]
-    parts.append(_rule("py_library", "tfpar", [
-        f"srcs = {_list(_quoted(sources))}",
-        f"deps = {_list(f'requirement({q})' for q in _quoted(REQUIREMENTS))}",
-    ]))
+    members = {name: [s for s in sources if library_of(s) == name] for name, _, _ in LIBRARIES}
+    for name, _, deps in LIBRARIES:
+        needed = sorted({REQUIREMENTS[m] for f in members[name] for m in _third_party(ROOT / f)}
+                        | set(RUNTIME_REQUIREMENTS.get(name, [])))
+        parts.append(_rule("py_library", name, [
+            f"srcs = {_list(_quoted(members[name]))}",
+            f"deps = {_list(_quoted(f':{d}' for d in deps) + [f'requirement({q})' for q in _quoted(needed)])}",
+        ]))
     for name, main in BINARIES.items():
-        parts.append(_rule("py_binary", name, [f'srcs = ["{main}"]', f'main = "{main}"', 'deps = [":tfpar"]']))
+        library = library_of(main)
+        parts.append(_rule("py_binary", name, [f'srcs = ["{main}"]', f'main = "{main}"',
+                                               f'deps = [":{library}"]']))
     parts.append(_rule("py_library", "test_support", [
         "testonly = True", f"srcs = {_list(_quoted(support))}", 'imports = ["tests"]',
-        'deps = [":tfpar", requirement("pytest")]',
+        'deps = [":tfpar", ":bench", requirement("pytest")]',
     ]))
     for test in tests:
         name = test[len("tests/"):-len(".py")].replace("/", "_")
@@ -55,6 +81,34 @@ def render() -> str:
             'deps = [":test_support", requirement("pytest-xdist")]',
         ]))
     return "\n".join(parts)
+
+
+def library_of(path: str) -> str:
+    """The library a source file belongs to: the most specific match."""
+    best = None
+    for name, holds, _ in LIBRARIES:
+        for item in holds:
+            if path == item or (item.endswith("/") and path.startswith(item)):
+                if best is None or len(item) > best[0]:
+                    best = (len(item), name)
+    if best is None:
+        raise ValueError(f"{path} is in no library of tools/update_build.py's LIBRARIES")
+    return best[1]
+
+
+def library_deps(name: str) -> list[str]:
+    """The libraries `name` may import."""
+    return next(deps for library, _, deps in LIBRARIES if library == name)
+
+
+def _third_party(path: pathlib.Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(REQUIREMENTS)
 
 
 def _rule(kind: str, name: str, attributes: list[str]) -> str:

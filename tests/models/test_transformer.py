@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tfpar
-from tfpar import placement
+from tfpar.pipeline import placement
 from tfpar.strategies import DataParallel, GPipe, ModelSplit
 
 from conftest import assert_same_weights, weights_of

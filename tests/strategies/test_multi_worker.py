@@ -17,7 +17,7 @@ import socket
 import pytest
 
 import multi_worker_job
-from tfpar import cluster
+from tfpar.cluster import peers
 from tfpar.strategies import MultiWorker
 
 from conftest import assert_same_weights
@@ -90,7 +90,7 @@ def test_without_tf_config_says_how_to_start(monkeypatch):
 
 
 def cluster_of_two(monkeypatch):
-    own, peer = cluster.free_ports(2)
+    own, peer = peers.free_ports(2)
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": {"worker": [f"localhost:{own}", f"localhost:{peer}"]},
          "task": {"type": "worker", "index": 0}}))

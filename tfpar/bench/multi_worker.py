@@ -23,7 +23,7 @@ import statistics
 import sys
 import threading
 
-from tfpar import launch
+from tfpar.cluster import launch
 from tfpar.bench import timing
 
 

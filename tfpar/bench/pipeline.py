@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfpar
-from tfpar import schedule as schedule_lib
+from tfpar.pipeline import schedule as schedule_lib
 from tfpar.bench import timing
 
 

@@ -126,9 +126,11 @@ def encoder_decoder_balance(model: keras.Model) -> list[int]:
 
     Example:
         >>> model = tfpar.models.transformer(12, 8, 9)
-        >>> tfpar.strategies.GPipe(2, balance=tfpar.models.encoder_decoder_balance(model))
+        >>> strategy = tfpar.strategies.GPipe(2, balance=tfpar.models.encoder_decoder_balance(model))
+        >>> strategy.balance  # layers per stage: the encoder's, the decoder's
+        [15, 22]
     """
-    from tfpar import placement  # Late: placement imports TensorFlow plumbing.
+    from tfpar.pipeline import placement  # Late: placement imports TensorFlow plumbing.
 
     names = [layer.name for layer in placement.layers(model)]
     if "decoder_embedding" not in names:

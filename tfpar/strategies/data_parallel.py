@@ -54,7 +54,7 @@ class DataParallel(tf.distribute.MirroredStrategy):
         bytes; 0 packs everything into one (TensorFlow's default).
 
     Example:
-        >>> tfpar.configure_devices(cpu=2)
+        >>> devices = tfpar.configure_devices(cpu=2)
         >>> strategy = tfpar.strategies.DataParallel(2, compression="bf16")
         >>> strategy.num_replicas_in_sync
         2

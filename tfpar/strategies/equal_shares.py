@@ -180,10 +180,7 @@ def _local_symbolic_build(model: keras.Model, strategy, *, marked: bool):
     workers, always (keras-team/keras#20585)."""
 
     def build(iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = next(batches)
-                break
+        data_batch = internals.first_batch(iterator, data_batch)
         data_batch = keras.tree.map_structure(
             lambda v: strategy.experimental_local_results(v)[0] if v is not None else None, data_batch)
         if marked and data_batch is not None:

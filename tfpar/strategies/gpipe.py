@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tfpar import checks
-from tfpar import schedule as schedule_lib
+from tfpar.pipeline import schedule as schedule_lib
 from tfpar.strategies.model_split import ModelSplit
 
 
@@ -45,9 +45,10 @@ class GPipe(ModelSplit):
     the recomputed pass repeats the first pass's masks exactly.
 
     Example:
-        >>> tfpar.configure_devices(cpu=2)
+        >>> devices = tfpar.configure_devices(cpu=2)
         >>> strategy = tfpar.strategies.GPipe(2, microbatches=8, schedule="1f1b")
-        >>> history = tfpar.fit_distributed(model, x, y, batch_size=256, strategy=strategy)
+        >>> history = tfpar.fit_distributed(model, x, y, batch_size=256, strategy=strategy,
+        ...                                 verbose=0)
     """
 
     def __init__(

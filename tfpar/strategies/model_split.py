@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import keras
 
-from tfpar import costs, internals, placement, replica
+from tfpar import internals, replica
 from tfpar import devices as devices_lib
-from tfpar.pipeline import PipelineModel
+from tfpar.pipeline import costs, placement
+from tfpar.pipeline.engine import PipelineModel
 from tfpar.strategies import contract
 
 
@@ -33,9 +34,9 @@ class ModelSplit:
         (e.g. [8, 1] when the first is a GPU 8x the CPU); None means equal.
 
     Example:
-        >>> tfpar.configure_devices(cpu=2)
+        >>> devices = tfpar.configure_devices(cpu=2)
         >>> strategy = tfpar.strategies.ModelSplit(2, balance="params")
-        >>> history = tfpar.fit_distributed(model, x, y, strategy=strategy)
+        >>> history = tfpar.fit_distributed(model, x, y, strategy=strategy, verbose=0)
     """
 
     microbatches = 1

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar import checks, cluster
+from tfpar import checks
+from tfpar.cluster import peers, startup, tf_config
 from tfpar.strategies import compression as compression_lib
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
@@ -48,10 +49,11 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         with the values seen.
 
     Example:
-        >>> # in each worker, with TF_CONFIG set (python -m tfpar.launch sets it)
-        >>> strategy = tfpar.strategies.MultiWorker(timeout_seconds=60)
-        >>> model = build_and_compile()
-        >>> tfpar.fit_distributed(model, x, y, batch_size=64, strategy=strategy)
+        In each worker, with TF_CONFIG set (`python -m tfpar.launch` sets it):
+
+        >>> strategy = tfpar.strategies.MultiWorker(timeout_seconds=60)  # doctest: +SKIP
+        >>> history = tfpar.fit_distributed(model, x, y, batch_size=64,  # doctest: +SKIP
+        ...                                 strategy=strategy)
     """
 
     def __init__(
@@ -72,9 +74,9 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
             raise ValueError(
                 f"timeout_seconds must be > 0 or None. Received: timeout_seconds={timeout_seconds!r}."
             )
-        self.config = cluster.from_environment()
+        self.config = tf_config.from_environment()
         if self.config.num_workers > 1:
-            cluster.wait_for_peers(self.config, timeout_seconds or _STARTUP_SECONDS)
+            peers.wait_for_peers(self.config, timeout_seconds or _STARTUP_SECONDS)
         self.all_reduce, self.compression = all_reduce, compression
         self.bytes_per_pack, self.timeout_seconds = bytes_per_pack, timeout_seconds
         options = tf.distribute.experimental.CommunicationOptions(
@@ -110,6 +112,19 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
             if parts and all(getattr(p, "shape", None) is not None and p.shape.rank == 0 for p in parts):
                 axis = None
         return super().reduce(reduce_op, value, axis)
+
+    @classmethod
+    def start_from_environment(cls, environ=None) -> "MultiWorker | None":
+        """Makes the strategy a launched worker asks for (TFPAR_MULTI_WORKER,
+        see `tfpar.cluster.startup`); None in any other process.
+
+        `import tfpar` calls this, so that a worker's strategy exists before
+        the program's first TensorFlow op.
+        """
+        options = startup.worker_options(environ)
+        if options is None or _CURRENT:
+            return None
+        return cls(**options)
 
     @classmethod
     def current(cls) -> "MultiWorker":

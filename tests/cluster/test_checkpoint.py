@@ -12,11 +12,11 @@ import pytest
 
 import multi_worker_job
 import tfpar
-from tfpar import checkpoint
+from tfpar.cluster import checkpoint
 
 from conftest import assert_same_weights, build_mlp, compile_model, make_data, weights_of
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIT = dict(batch_size=32, epochs=3, shuffle=False, verbose=0, validation_split=0.25)
 JOB = f"""
 import json, os, sys
@@ -28,7 +28,7 @@ import multi_worker_job as job
 out, kill_at = sys.argv[1], int(sys.argv[2])
 rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 model = job.model()
-state = tfpar.checkpoint.load(os.path.join(out, "ckpt"))
+state = tfpar.cluster.checkpoint.load(os.path.join(out, "ckpt"))
 print("start step", state.step if state else 0, flush=True)
 
 class Crash(keras.callbacks.Callback):

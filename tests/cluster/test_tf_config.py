@@ -1,13 +1,13 @@
 import json
-import socket
 
 import pytest
 
-from tfpar import cluster
+from tfpar.cluster import peers
+from tfpar.cluster import tf_config as cluster
 
 
 def test_local_configs_describe_one_loopback_cluster():
-    configs = [cluster.parse(c) for c in cluster.local_configs(3)]
+    configs = [cluster.parse(c) for c in cluster.local_configs(peers.free_ports(3))]
     assert [c.task_index for c in configs] == [0, 1, 2]
     addresses = configs[0].cluster["worker"]
     assert len(set(addresses)) == 3 and all(a.startswith("localhost:") for a in addresses)
@@ -33,16 +33,12 @@ def test_malformed_tf_config_is_a_clear_error(text, message):
         cluster.parse(text)
 
 
+def test_local_configs_hold_the_given_ports_in_order():
+    configs = [json.loads(c) for c in cluster.local_configs([2222, 2223])]
+    assert [c["task"]["index"] for c in configs] == [0, 1]
+    assert configs[1]["cluster"] == {"worker": ["localhost:2222", "localhost:2223"]}
+
+
 def test_missing_tf_config_says_how_to_start():
     with pytest.raises(ValueError, match="TF_CONFIG is not set.*tfpar.launch"):
         cluster.from_environment({})
-
-
-def test_port_in_use_is_a_clear_error():
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        with pytest.raises(ValueError, match=f"Port {port} .* already in use"):
-            cluster.check_port_free(f"localhost:{port}")
-    cluster.check_port_free(f"localhost:{cluster.free_ports(1)[0]}")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tfpar import launch
+from tfpar.cluster import launch
 
 
 def run(code, workers=2, **kwargs):

@@ -5,9 +5,9 @@ import json
 import pytest
 
 import tfpar
-from tfpar import schedule
+from tfpar.pipeline import schedule
 from tfpar.strategies import DataParallel, GPipe
-from tfpar.timeline import Interval, PipelineTimeline, chrome_trace, ideal_bubble, intervals, measured_bubble
+from tfpar.pipeline.timeline import Interval, PipelineTimeline, chrome_trace, ideal_bubble, intervals, measured_bubble
 
 from conftest import build_mlp, compile_model, make_data
 

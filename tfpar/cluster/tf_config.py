@@ -4,10 +4,10 @@ TF_CONFIG is TensorFlow's (and Kubernetes TFJob's) description of a
 multi-process job: `{"cluster": {"worker": ["host:port", ...]}, "task":
 {"type": "worker", "index": 0}}`. `from_environment` reads and checks it with
 errors that quote what was wrong; `local_configs` writes one per local
-worker for the launcher, on free loopback ports.
+worker for the launcher (`peers.free_ports` finds the ports).
 
 Example:
-    >>> configs = local_configs(2)
+    >>> configs = local_configs([2222, 2223])
     >>> parse(configs[1]).task_index
     1
 """
@@ -17,9 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
-import threading
-import time
 
 WORKER_JOBS = ("chief", "worker")
 
@@ -109,102 +106,15 @@ def parse(text: str) -> ClusterConfig:
     return ClusterConfig(cluster, task_type, index)
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports that were free on `host` a moment ago."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+def local_configs(ports: list[int]) -> list[str]:
+    """TF_CONFIG strings for one worker per port, on loopback.
 
-
-def check_port_free(address: str) -> None:
-    """Raises a clear error if this task's port is already taken."""
-    host, port = address.rsplit(":", 1)
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1" if host in ("localhost", "127.0.0.1") else "", int(port)))
-        except OSError as error:
-            raise ValueError(
-                f"Port {port} of this task's address {address!r} is already in use "
-                f"({error.strerror}). Stop the process holding it or pick another port "
-                "in TF_CONFIG."
-            ) from error
-
-
-def wait_for_peers(config: ClusterConfig, timeout_seconds: float) -> None:
-    """Waits until every other worker of the cluster has been seen listening.
-
-    TensorFlow's own start-up waits for missing workers forever, and does not
-    even yield to SIGTERM. Before it starts, each worker listens on its own
-    port and probes the others; a peer counts once it has answered, as a
-    probe listener or as its TensorFlow server.
-
-    Raises:
-      ValueError: some workers listed in TF_CONFIG did not start in time (the
-        cluster has fewer workers than it declares).
+    Example:
+        >>> json.loads(local_configs([2222, 2223])[0])["cluster"]
+        {'worker': ['localhost:2222', 'localhost:2223']}
     """
-    check_port_free(config.address)
-    peers = [a for job in WORKER_JOBS for a in config.cluster.get(job, []) if a != config.address]
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("", int(config.address.rsplit(":", 1)[1])))
-    listener.listen()
-    stop = threading.Event()
-    threading.Thread(target=_answer, args=(listener, stop), daemon=True).start()
-    pending, deadline = list(peers), time.monotonic() + timeout_seconds
-    try:
-        while pending and time.monotonic() < deadline:
-            pending = [peer for peer in pending if not _reachable(peer)]
-            if pending:
-                time.sleep(0.2)
-    finally:
-        stop.set()
-        time.sleep(0.6)  # let the answering thread finish with its probes
-        listener.close()
-    if pending:
-        raise ValueError(
-            f"TF_CONFIG lists {config.num_workers} workers, but {len(pending)} of them "
-            f"did not start within {timeout_seconds:g} s: {pending}. Start every worker "
-            "that TF_CONFIG lists (or list only the workers you start)."
-        )
-
-
-def _answer(listener, stop) -> None:
-    # Accepted probes are closed only at the end, after the prober closed its
-    # side: the side that closes first keeps the port in TIME_WAIT, and
-    # TensorFlow's server must bind this port right after.
-    listener.settimeout(0.2)
-    accepted = []
-    while not stop.is_set():
-        try:
-            accepted.append(listener.accept()[0])
-        except OSError:
-            continue
-    time.sleep(0.3)
-    for connection in accepted:
-        connection.close()
-
-
-def _reachable(address: str) -> bool:
-    host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def local_configs(count: int, *, ports: list[int] | None = None) -> list[str]:
-    """TF_CONFIG strings for `count` workers on loopback ports."""
-    ports = ports or free_ports(count)
     workers = [f"localhost:{p}" for p in ports]
     return [
         json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-        for i in range(count)
+        for i in range(len(ports))
     ]

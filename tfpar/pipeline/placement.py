@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar import costs as costs_lib
+from tfpar.pipeline import costs as costs_lib
 from tfpar import internals
-from tfpar import partition as partition_lib
+from tfpar.pipeline import partition as partition_lib
 from tfpar import replica
 from tfpar.table import format_table
 

@@ -11,14 +11,14 @@ import socket
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIENT = """import os, subprocess, sys, time
 import numpy as np
 import keras
 import tfpar
-from tfpar import cluster
+from tfpar.cluster import peers
 
-ports = cluster.free_ports(2)
+ports = peers.free_ports(2)
 addresses = [f"localhost:{p}" for p in ports]
 servers = [subprocess.Popen([sys.executable, "-m", "tfpar.server", "--cluster", ",".join(addresses),
                              "--index", str(i), "--threads", "1"], stdout=subprocess.PIPE, text=True)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tfpar
+from tfpar.pipeline import step as step_lib
 from tfpar.strategies import GPipe
 
 from conftest import build_mlp, compile_model, make_data
@@ -128,7 +129,7 @@ def test_a_lost_gradient_is_an_error_never_zeros(monkeypatch):
     # Break the gradient path on purpose: the loss's gradient reaches the
     # softmax head only through the logits Keras reads, so dropping that
     # source starves the head (the defect this engine once had, silently).
-    monkeypatch.setattr(tfpar.pipeline, "loss_sources", lambda tensor: [("value", tensor)])
+    monkeypatch.setattr(step_lib, "loss_sources", lambda tensor: [("value", tensor)])
     model = softmax_head_model()
     before = [w.copy() for w in model.get_weights()]
     x, y = make_data(64)

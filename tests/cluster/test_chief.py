@@ -2,7 +2,7 @@ import os
 
 import keras
 
-from tfpar import chief
+from tfpar.cluster import chief
 
 
 def test_non_chief_callbacks_write_to_a_removed_temporary_directory(tmp_path):

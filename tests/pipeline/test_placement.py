@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfpar
-from tfpar import placement
+from tfpar.pipeline import placement
 from tfpar.strategies import GPipe, ModelSplit
 
 from conftest import compile_model
@@ -98,7 +98,7 @@ def test_every_cost_source_gives_a_valid_split(balance):
 
 
 def test_flops_estimates_match_hand_counts():
-    from tfpar import costs
+    from tfpar.pipeline import costs
 
     x = keras.Input((5, 5, 3))
     conv = keras.layers.Conv2D(4, 3, padding="same")

@@ -1,0 +1,87 @@
+"""A batch cut into M micro-batches, and put back together.
+
+Micro-batch m holds a near-equal slice of the batch and counts by its share
+n_m / n, so that the micro-batches' summed gradients are the gradient of the
+batch's mean loss: the same training as one device. A batch smaller than M
+(an epoch's last) would leave micro-batches empty, which some kernels reject
+(a convolution's backward): each real sample then gets a micro-batch of its
+own, and the others repeat sample 0 with a share of 0.
+
+Example:
+    >>> parts = MicroBatches([tf.range(5.0)], tf.range(5), None, 2)
+    >>> [p[0].numpy().tolist() for p in parts.x]
+    [[0.0, 1.0, 2.0], [3.0, 4.0]]
+    >>> [float(parts.share(m, tf.float64)) for m in range(2)]
+    [0.6, 0.4]
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+class MicroBatches:
+    """One batch's inputs, targets and sample weights, split M ways.
+
+    Args:
+      flat_x: the model's inputs, one tensor per input, batch first.
+      y: the targets (any structure, or None).
+      sample_weight: the sample weights (any structure, or None).
+      parts: M, the number of micro-batches.
+
+    Attributes:
+      batch: the batch's real size (a scalar tensor).
+      x: per micro-batch, the list of its input tensors.
+      y, sample_weight: per micro-batch, its structure of targets / weights.
+      real: per micro-batch, how many of its samples are real (not padding).
+    """
+
+    def __init__(self, flat_x: list, y, sample_weight, parts: int):
+        self.parts = parts
+        self.batch = tf.shape(flat_x[0])[0]
+        extra = tf.maximum(parts - self.batch, 0) if parts > 1 else 0
+        sizes = split_sizes(self.batch + extra, parts)
+        starts = tf.cumsum(sizes, exclusive=True)
+        self.real = tf.unstack(tf.clip_by_value(self.batch - starts, 0, sizes), num=parts)
+
+        def grow(t):
+            if parts == 1:
+                return t
+            # Copied only when padding is needed, not on every step.
+            return tf.cond(extra > 0, lambda: tf.concat([t, tf.repeat(t[:1], extra, axis=0)], axis=0),
+                           lambda: t)
+
+        split = lambda t: tf.split(grow(t), sizes, num=parts, axis=0)  # noqa: E731
+        xs = [split(t) for t in flat_x]
+        self.x = [[pieces[i] for pieces in xs] for i in range(parts)]
+        self.y = split_structure(y, split, parts)
+        self.sample_weight = split_structure(sample_weight, split, parts)
+
+    def share(self, micro: int, dtype):
+        """Micro-batch `micro`'s share of the batch: its real samples / n."""
+        return tf.cast(self.real[micro], dtype) / tf.cast(self.batch, dtype)
+
+    def merge(self, pieces: list):
+        """The batch's tensor from its micro-batches' (padding dropped)."""
+        return tf.concat(pieces, axis=0)[: self.batch]
+
+
+def split_sizes(batch, parts: int):
+    """Near-equal sizes: the first batch % parts micro-batches get one more.
+
+    Example:
+        >>> split_sizes(tf.constant(7), 3).numpy().tolist()
+        [3, 2, 2]
+    """
+    base = batch // parts
+    extra = batch - base * parts
+    return base + tf.cast(tf.range(parts) < extra, batch.dtype)
+
+
+def split_structure(structure, split, parts: int) -> list:
+    """Splits every tensor of a structure; returns one structure per part."""
+    if structure is None:
+        return [None] * parts
+    pieces = [split(t) for t in keras.tree.flatten(structure)]
+    return [keras.tree.pack_sequence_as(structure, [p[i] for p in pieces]) for i in range(parts)]

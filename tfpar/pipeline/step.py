@@ -1,0 +1,183 @@
+"""One pipelined training step: each stage's forward and backward tasks.
+
+A task is one stage's forward (F) or backward (B) on one micro-batch. Each
+runs under its stage's `tf.device`, and after its stage's previous task
+(control dependencies), so that a device runs exactly one task at a time, in
+the schedule's order. Each backward has a tape of its own and receives its
+outputs' gradients from the stages that read them (`output_gradients`): one
+tape around the whole model would leave the gradient ops unplaced and
+serialise the pipeline.
+
+The engine (`engine.PipelineModel.train_step`) calls `forward` and
+`backward` in the schedule's order, then applies `gradients()`.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfpar import internals
+from tfpar.pipeline import remat
+from tfpar.pipeline.microbatch import MicroBatches
+from tfpar.pipeline.stage_calls import (added_losses, differentiable, differentiable_keyed,
+                                        loss_sources, run)
+
+
+class Step:
+    """The tensors, tapes and gradients of one training step.
+
+    Args:
+      model: the `PipelineModel` being trained.
+      x, y, sample_weight: the step's batch.
+    """
+
+    def __init__(self, model, x, y, sample_weight):
+        self.model = model
+        plan = model.plan
+        self.graph, self.rematerialize = plan.graph, plan.rematerialize
+        self.micro = MicroBatches(internals.standardize_inputs(self.graph.view, x), y,
+                                  sample_weight, plan.microbatches)
+        self.env = [dict(zip(self.graph.input_keys, xs)) for xs in self.micro.x]
+        # (tensor key, source kind) -> gradient, per micro-batch.
+        self.grad_env = [{} for _ in self.env]
+        self.saved = {}  # (stage, micro) -> tape and tensors for its backward
+        self.last = {}  # stage -> tensors of its previous task, to chain on
+        self.sums = plan.gradient_sum
+        self.sums.begin()
+        self.total_loss = 0.0
+
+    @property
+    def batch(self):
+        """The batch's size (a scalar tensor)."""
+        return self.micro.batch
+
+    def task_inputs(self, index: int, kind: str, micro: int) -> list:
+        """What a task waits for: its stage's previous task and its inputs."""
+        stage = self.graph.stages[index]
+        prev = list(self.last.get(index, []))
+        if kind == "F":
+            return prev + [self.env[micro][k] for k in stage.input_keys]
+        return prev + [g for k in stage.output_keys for g in _upstream(self.grad_env[micro], k)]
+
+    def wait_for(self, index: int, tensor) -> None:
+        """Makes stage `index`'s next task wait for `tensor` too."""
+        self.last[index] = list(self.last.get(index, [])) + [tensor]
+
+    def forward(self, index: int, micro: int) -> None:
+        stage = self.graph.stages[index]
+        env = self.env[micro]
+        with tf.device(stage.device), tf.control_dependencies(self.last.get(index, [])):
+            inputs = [env[k] for k in stage.input_keys]
+            if self.rematerialize:
+                state = remat.snapshot(stage)
+                outputs = run(stage, inputs, True)
+                added = added_losses(stage)
+                self.saved[(index, micro)] = (inputs, state)
+            else:
+                with tf.GradientTape() as tape:
+                    tape.watch(differentiable(inputs))
+                    outputs = run(stage, inputs, True)
+                    added = added_losses(stage)
+                self.saved[(index, micro)] = (inputs, tape, outputs, added)
+            env.update(zip(stage.output_keys, outputs))
+            done = list(outputs)
+            if added is not None:
+                # Losses added in the stage (add_loss, activity regularizers)
+                # are means over the micro-batch, as Keras' are over the
+                # batch: each counts by its share, like the compiled loss.
+                self.total_loss = self.total_loss + self.micro.share(micro, added.dtype) * added
+                done.append(added)
+            if index == len(self.graph.stages) - 1:
+                done += self._loss(micro)
+        self.last[index] = done
+
+    def backward(self, index: int, micro: int) -> None:
+        stage = self.graph.stages[index]
+        grad_env = self.grad_env[micro]
+        variables = stage.model.trainable_variables
+        with tf.device(stage.device), tf.control_dependencies(self.last.get(index, [])):
+            arrived = [g for k in stage.output_keys for g in _upstream(grad_env, k)]
+            if self.rematerialize:
+                inputs, state = self.saved.pop((index, micro))
+                inputs, tape, outputs, added = remat.recompute(stage, inputs, state, arrived)
+            else:
+                inputs, tape, outputs, added = self.saved.pop((index, micro))
+            # Only outputs that received a gradient are differentiated: a
+            # missing upstream gradient is never replaced by zeros (the
+            # gradient check of the train step names what goes missing).
+            targets, upstream = [], []
+            for key, output in zip(stage.output_keys, outputs):
+                for kind, source in loss_sources(output):
+                    grad = grad_env.get((key, kind))
+                    if grad is not None:
+                        targets.append(source)
+                        upstream.append(grad)
+            if added is not None:
+                targets.append(added)
+                upstream.append(self.model.optimizer.scale_loss(self.micro.share(micro, added.dtype)))
+            if not targets:
+                return
+            keys, sources = differentiable_keyed(stage.input_keys, inputs)
+            grads = tape.gradient(targets, sources + list(variables), output_gradients=upstream)
+            for key, grad in zip(keys, grads[: len(sources)]):
+                if key not in self.graph.input_keys:  # model inputs need no gradient
+                    _add(grad_env, (key, "value"), grad)
+            for variable, grad in zip(variables, grads[len(sources):]):
+                self.sums.add(variable, grad)
+        self.last[index] = [g for g in grads if g is not None] or self.last.get(index, [])
+
+    def _loss(self, micro: int) -> list:
+        graph = self.graph
+        env = self.env[micro]
+        predictions = [env[k] for k in graph.output_keys]
+        # A loss may read a tensor other than the prediction itself: Keras
+        # computes crossentropy from the logits a softmax or sigmoid left on
+        # its output. Each such source is watched, and its gradient goes to
+        # the stage that made it, which differentiates that same source.
+        watched = [(key, kind, source) for key, p in zip(graph.output_keys, predictions)
+                   for kind, source in loss_sources(p)]
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            tape.watch([source for _, _, source in watched])
+            y_pred = keras.tree.pack_sequence_as(graph.output_struct, predictions)
+            loss = self.model.compute_loss(
+                x=self.micro.x[micro], y=self.micro.y[micro], y_pred=y_pred,
+                sample_weight=self.micro.sample_weight[micro], training=True,
+            )
+            # Each micro-batch's mean loss counts by its share of the batch.
+            weighted = loss * self.micro.share(micro, loss.dtype)
+            scaled = self.model.optimizer.scale_loss(weighted)
+        grads = tape.gradient(scaled, [source for _, _, source in watched] + list(variables))
+        for (key, kind, _), grad in zip(watched, grads[: len(watched)]):
+            _add(self.grad_env[micro], (key, kind), grad)
+        # Direct paths from loss to weights (regularizers) bypass the stages.
+        for variable, grad in zip(variables, grads[len(watched):]):
+            with tf.device(variable.value.device):
+                self.sums.add(variable, grad)
+        self.total_loss = self.total_loss + weighted
+        return [scaled]
+
+    def gradients(self) -> list:
+        """The step's summed gradient of each trainable weight (None: none)."""
+        return self.sums.result(self.model.trainable_variables)
+
+    def predictions(self):
+        """The model's outputs for the whole batch, on the last stage."""
+        graph = self.graph
+        with tf.device(graph.stages[-1].device):
+            flat = [self.micro.merge([env[k] for env in self.env]) for k in graph.output_keys]
+        return keras.tree.pack_sequence_as(graph.output_struct, flat)
+
+
+def _upstream(grad_env: dict, key) -> list:
+    return [g for (k, _), g in grad_env.items() if k == key]
+
+
+def _add(table: dict, key, grad) -> None:
+    """Sums gradients reaching one tensor (a skip read by two stages)."""
+    if grad is None:
+        return
+    if isinstance(grad, tf.IndexedSlices):
+        grad = tf.convert_to_tensor(grad)
+    table[key] = grad if key not in table else table[key] + grad
