@@ -1,4 +1,6 @@
-"""Gradient compression: all-reduce in half precision, compute in full.
+"""How gradients travel: the all-reduce options both data-parallel
+strategies take (`check_options`), and compression: all-reduce in half
+precision, compute in full.
 
 `CastingAllReduce` wraps any `tf.distribute.CrossDeviceOps`: floating values
 wider than the wire dtype are cast down before the exchange and back up after,
@@ -14,9 +16,29 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar import internals
+from tfpar import checks, internals
 
 WIRE_DTYPES = {"fp16": tf.float16, "bf16": tf.bfloat16}
+
+
+def check_options(all_reduce: str, choices, compression: str | None, bytes_per_pack: int) -> None:
+    """Checks a data-parallel strategy's collective options.
+
+    Raises:
+      ValueError: `all_reduce` not among `choices`, an unknown compression,
+        or `bytes_per_pack` not a whole number >= 0.
+
+    Example:
+        >>> check_options("ring", ("auto", "ring"), "bf16", 0)
+        >>> check_options("tree", ("auto", "ring"), None, 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: all_reduce must be one of ['auto', 'ring']. Received: all_reduce='tree'.
+    """
+    if all_reduce not in choices:
+        raise ValueError(f"all_reduce must be one of {list(choices)}. Received: all_reduce={all_reduce!r}.")
+    wire_dtype(compression)
+    checks.whole_number("bytes_per_pack", bytes_per_pack, minimum=0, meaning=" (0 = one pack)")
 
 
 def wire_dtype(compression: str | None) -> tf.DType | None:

@@ -15,7 +15,6 @@ import itertools
 
 import tensorflow as tf
 
-from tfpar import checks
 from tfpar import devices as devices_lib
 from tfpar import internals
 from tfpar.strategies import compression as compression_lib
@@ -68,13 +67,7 @@ class DataParallel(tf.distribute.MirroredStrategy):
         compression: str | None = None,
         bytes_per_pack: int = 0,
     ):
-        if all_reduce not in ALL_REDUCE:
-            raise ValueError(
-                f"all_reduce must be one of {list(ALL_REDUCE)}. "
-                f"Received: all_reduce={all_reduce!r}."
-            )
-        compression_lib.wire_dtype(compression)  # validates the name
-        checks.whole_number("bytes_per_pack", bytes_per_pack, minimum=0, meaning=" (0 = one pack)")
+        compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
         names = devices_lib.resolve(devices)
         if all_reduce == "nccl" and not all("GPU" in n.upper() for n in names):
             raise ValueError(

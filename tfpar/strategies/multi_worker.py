@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar import checks
 from tfpar.cluster import peers, startup, tf_config
 from tfpar.strategies import compression as compression_lib
 
@@ -64,12 +63,7 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         bytes_per_pack: int = 0,
         timeout_seconds: float | None = None,
     ):
-        if all_reduce not in ALL_REDUCE:
-            raise ValueError(
-                f"all_reduce must be one of {list(ALL_REDUCE)}. Received: all_reduce={all_reduce!r}."
-            )
-        compression_lib.wire_dtype(compression)  # validates the name
-        checks.whole_number("bytes_per_pack", bytes_per_pack, minimum=0, meaning=" (0 = one pack)")
+        compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
         if timeout_seconds is not None and not timeout_seconds > 0:
             raise ValueError(
                 f"timeout_seconds must be > 0 or None. Received: timeout_seconds={timeout_seconds!r}."
