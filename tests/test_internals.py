@@ -116,6 +116,21 @@ def test_mirrored_strategy_accessors():
           "unscale_loss_for_distribution outside a strategy")
 
 
+def test_optimizer_variables_are_its_own_then_each_weights_slots_in_order():
+    # replica._copy_optimizer_state maps replicas' optimizer state on this.
+    for optimizer in (keras.optimizers.Adam(), keras.optimizers.SGD(momentum=0.9), keras.optimizers.RMSprop()):
+        a, b = keras.Variable(np.zeros(2), name="a"), keras.Variable(np.zeros(3), name="b")
+        optimizer.build([a, b])
+        shapes = [tuple(v.shape) for v in optimizer.variables]
+        head = [s for s in shapes if s == ()]
+        holds(shapes[:len(head)] == head and all(s != () for s in shapes[len(head):]),
+              f"{type(optimizer).__name__}'s own variables come first")
+        slots = shapes[len(head):]
+        half = len(slots) // 2
+        holds(set(slots[:half]) == {(2,)} and set(slots[half:]) == {(3,)},
+              f"{type(optimizer).__name__}'s slots follow the order of the weights")
+
+
 def private_reaches(package) -> list[str]:
     """`obj._name` and getattr(obj, "_name") outside internals.py where no
     tfpar module defines `_name`: reaches into Keras or TensorFlow."""

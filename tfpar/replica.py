@@ -69,28 +69,46 @@ def recreate(
       ValueError: the model cannot be rebuilt from its config.
     """
     with scope:
-        twin = _clone(model, clone_function, call_function)
-        if model.built and not twin.built:
-            twin.build_from_config(model.get_build_config())
-        if twin.built:
-            _copy_values(model.weights, twin.weights, "weights")
+        twin = clone(model, clone_function, call_function)
         trained = wrap(twin) if wrap else twin
         trained.compile(optimizer=_fresh_optimizer(model.optimizer), **_compile_args(model))
         if model.optimizer.built:
             trained.optimizer.build(trained.trainable_variables)
-            _copy_values(model.optimizer.variables, trained.optimizer.variables, "optimizer state")
+            _copy_optimizer_state(model.optimizer.variables, trained.optimizer.variables,
+                                  _copies(trained))
     return trained
 
 
+def clone(model: keras.Model, clone_function: Callable | None = None,
+          call_function: Callable | None = None) -> keras.Model:
+    """A twin of `model` (uncompiled) with a copy of its weights; with
+    `clone_function` / `call_function` as for `recreate`."""
+    twin = _clone(model, clone_function, call_function)
+    if model.built and not twin.built:
+        twin.build_from_config(model.get_build_config())
+    if twin.built:
+        _copy_values(model.weights, twin.weights, "weights")
+    return twin
+
+
 def write_back(trained: keras.Model, model: keras.Model) -> None:
-    """Copies weights and optimizer state from `trained` into `model`."""
+    """Copies weights and optimizer state from `trained` into `model`.
+
+    A model that trains replicas of the caller's (a pipeline trained data
+    parallel) names the one to copy as its `primary`."""
     if not model.built:
         model.build_from_config(trained.get_build_config())
-    _copy_values(trained.weights, model.weights, "weights")
+    _copy_values(getattr(trained, "primary", trained).weights, model.weights, "weights")
     if trained.optimizer.built:
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        _copy_values(trained.optimizer.variables, model.optimizer.variables, "optimizer state")
+        _copy_optimizer_state(trained.optimizer.variables, model.optimizer.variables,
+                              _copies(trained))
+
+
+def _copies(trained: keras.Model) -> int:
+    """How many replicas of the caller's model `trained` trains."""
+    return 1 + len(getattr(trained, "replicas", [])) if hasattr(trained, "primary") else 1
 
 
 def _clone(model: keras.Model, clone_function: Callable | None,
@@ -197,6 +215,35 @@ def _fresh_metrics(metrics):
     if isinstance(metrics, (list, tuple)):
         return type(metrics)(_fresh_metrics(m) for m in metrics)
     return metrics
+
+
+def _copy_optimizer_state(sources, targets, copies: int = 1) -> None:
+    """Copies optimizer variables between a model and its twin.
+
+    With `copies` > 1 the larger side is one optimizer over `copies`
+    identical replicas' weights. Keras lists an optimizer's variables as its
+    own (iterations, learning rate) and then each weight's slots in the
+    order of the weights (checked in tests/test_internals.py), so that side
+    is head + copies x body, the other head + body: each replica's body
+    gets the single one, and the single one gets replica 0's.
+    """
+    sources, targets = list(sources), list(targets)
+    if copies == 1 or len(sources) == len(targets):
+        _copy_values(sources, targets, "optimizer state")
+        return
+    many, one = (sources, targets) if len(sources) > len(targets) else (targets, sources)
+    body = (len(many) - len(one)) // (copies - 1)
+    head = len(one) - body
+    if body < 0 or head < 0 or len(many) != head + copies * body:
+        raise ValueError(f"Cannot copy optimizer state between {len(sources)} and {len(targets)} "
+                         f"variables for {copies} replicas.")
+    if many is sources:  # back to the caller: replica 0's
+        _copy_values(many[:head + body], one, "optimizer state")
+        return
+    _copy_values(one[:head], many[:head], "optimizer state")
+    for r in range(copies):
+        start = head + r * body
+        _copy_values(one[head:], many[start:start + body], "optimizer state")
 
 
 def _copy_values(sources, targets, what: str) -> None:

@@ -32,6 +32,7 @@ STRATEGIES = {
     "ModelSplit(2)": lambda: ModelSplit(2),
     "GPipe(2, M=2, gpipe)": lambda: GPipe(2, microbatches=2),
     "GPipe(2, M=4, 1f1b, remat)": lambda: GPipe(2, microbatches=4, schedule="1f1b", rematerialize=True),
+    "GPipe(2x2, M=2)": lambda: GPipe(4, microbatches=2, data_parallel=2),
 }
 BY_NAME = {idiom.name: idiom for idiom in idioms.IDIOMS}
 # Dropout masks and per-replica / per-micro-batch BatchNormalization
@@ -124,7 +125,7 @@ def test_idiom_trains_like_one_device(name, strategy):
         return
     history = tfpar.fit_distributed(model, x, y, strategy=strategy, **idiom.fit_kwargs(extra))
     assert history.model is model
-    replicas = getattr(strategy, "num_replicas_in_sync", 1)
+    replicas = getattr(strategy, "num_replicas_in_sync", getattr(strategy, "data_parallel", 1))
     check_same_training(idiom, weights_of(model), history.history, evaluation(model, x, y), replicas)
 
 

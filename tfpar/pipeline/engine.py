@@ -28,26 +28,45 @@ import tensorflow as tf
 
 from tfpar import internals
 from tfpar.pipeline import gradients as gradients_lib
+from tfpar.pipeline import replicas as replicas_lib
 from tfpar.pipeline import schedule as schedule_lib
 from tfpar.pipeline import stage_calls
 from tfpar.pipeline import timeline as timeline_lib
 from tfpar.pipeline.placement import Graph
+from tfpar.pipeline.microbatch import MicroBatches
 from tfpar.pipeline.step import Step
 
 
 class _Plan:
     """Holds the stages out of Keras' attribute tracking: their layers are
-    the twin's, already tracked once through `PipelineModel.twin`."""
+    the twins', already tracked once through `PipelineModel.twin` and
+    `PipelineModel.replicas`."""
 
-    def __init__(self, graph: Graph, microbatches: int, schedule: str, rematerialize: bool,
-                 record_timeline: bool, variables):
-        self.graph = graph
+    def __init__(self, graphs: list[Graph], twins: list, microbatches: int, schedule: str,
+                 rematerialize: bool, record_timeline: bool, workers: int | None,
+                 timeout_seconds: float | None):
+        self.graphs = graphs
+        self.graph = graphs[0]
         self.microbatches = microbatches
         self.rematerialize = rematerialize
-        sequences = schedule_lib.per_stage(schedule, len(graph.stages), microbatches)
-        self.order = schedule_lib.emission_order(sequences)
-        self.gradient_sum = gradients_lib.GradientSum(variables)
+        self.replica_variables = [list(t.trainable_variables) for t in twins]
+        self.variables = [v for group in self.replica_variables for v in group]
+        k = len(self.graph.stages)
+        base = schedule_lib.emission_order(schedule_lib.per_stage(schedule, k, microbatches))
+        # A task's stage is r * K + s for stage s of replica r.
+        self.order = [(r * k + s, task) for r in range(len(graphs)) for s, task in base]
+        group = workers or len(graphs)
+        self.all_reduce = None
+        if group > 1:
+            self.all_reduce = [replicas_lib.StageAllReduce(
+                group, [g.stages[s].device for g in graphs], timeout_seconds) for s in range(k)]
+            # The last stage finishes its backward first, so it reduces first.
+            self.order += [(r * k + s, schedule_lib.Task("A", 0))
+                           for s in reversed(range(k)) for r in range(len(graphs))]
+        self.workers = workers
+        self.gradient_sum = gradients_lib.GradientSum(self.variables)
         self.in_train_step = False
+        self.replica = 0  # whose step runs, while the train step is traced
         # Which trainable weights one-device training gives a gradient
         # (True) or not, found by tracing the unsplit model once.
         self.expected_gradients = None
@@ -55,16 +74,24 @@ class _Plan:
         if record_timeline:
             # Start and end time (seconds since the epoch) of each task of the
             # last step, in `order`; read by the timeline tools.
-            with tf.device(graph.stages[0].device):
+            with tf.device(self.graph.stages[0].device):
                 self.timeline = tf.Variable(
                     tf.zeros((len(self.order), 2), tf.float64), trainable=False, name="pipeline_timeline"
                 )
 
-    def check_gradients(self, variables, grads) -> None:
+    @property
+    def stages(self) -> list:
+        """Every replica's stages, replica by replica."""
+        return [stage for graph in self.graphs for stage in graph.stages]
+
+    def check_gradients(self, grads) -> None:
         """Raises unless exactly the weights that get a gradient on one
-        device got one here."""
+        device got one here (in every replica)."""
         where = {name: stage.index for stage in self.graph.stages for name in stage.layer_names}
-        gradients_lib.check_same_as_one_device(self.expected_gradients, variables, grads, where)
+        expected = None
+        if self.expected_gradients is not None:
+            expected = self.expected_gradients * len(self.graphs)
+        gradients_lib.check_same_as_one_device(expected, self.variables, grads, where)
 
 
 class PipelineModel(keras.Model):
@@ -72,17 +99,37 @@ class PipelineModel(keras.Model):
 
     Built by the ModelSplit and GPipe strategies; users meet it only as
     `self.model` inside callbacks during `fit_distributed`.
+
+    Args:
+      twin: the placed model (replica 0), whose weights the caller gets back.
+      graph: `twin` cut into stages.
+      microbatches, schedule, rematerialize, record_timeline: as for GPipe.
+      replicas: (twin, graph) of each further pipeline replica in this
+        process, trained data parallel with the first.
+      workers: in a multi-worker job, the number of workers, each training
+        one replica (this process's is `twin`); None otherwise.
+      timeout_seconds: how long a gradient all-reduce waits for a replica.
     """
 
     def __init__(self, twin: keras.Model, graph: Graph, *, microbatches: int = 1,
                  schedule: str = "gpipe", rematerialize: bool = False,
-                 record_timeline: bool = False):
+                 record_timeline: bool = False, replicas=(), workers: int | None = None,
+                 timeout_seconds: float | None = None):
         super().__init__(name=twin.name)
         self.twin = twin
-        self._plan = _Plan(graph, microbatches, schedule, rematerialize, record_timeline,
-                           twin.trainable_variables)
+        # Tracked, so that their weights train and their optimizer state is
+        # made on their devices; the caller gets replica 0's weights back.
+        self.replicas = [t for t, _ in replicas]
+        self._plan = _Plan([graph] + [g for _, g in replicas], [twin] + self.replicas,
+                           microbatches, schedule, rematerialize, record_timeline, workers,
+                           timeout_seconds)
         self.output_names = getattr(graph.view, "output_names", None)
         self.built = True
+
+    @property
+    def primary(self) -> keras.Model:
+        """The model whose weights the caller's model gets back (replica 0)."""
+        return self.twin
 
     @property
     def plan(self) -> _Plan:
@@ -91,7 +138,8 @@ class PipelineModel(keras.Model):
 
     @property
     def stages(self):
-        return self._plan.graph.stages
+        """Every stage, replica by replica: task stage r * K + s is stage s of replica r."""
+        return self._plan.stages
 
     @property
     def task_order(self) -> list:
@@ -105,12 +153,15 @@ class PipelineModel(keras.Model):
         its inputs (forward) or the stages consuming its outputs (backward)."""
         order = self._plan.order
         stages = self._plan.graph.stages
+        k = len(stages)
         producer = {key: stage.index for stage in stages for key in stage.output_keys}
-        feeds = [sorted({producer[k] for k in stage.input_keys if k in producer}) for stage in stages]
+        feeds = [sorted({producer[key] for key in stage.input_keys if key in producer})
+                 for stage in stages]
         position = {task: index for index, task in enumerate(order)}
         needs, previous = [], {}
         for stage_index, task in order:
-            deps = set(schedule_lib.task_needs(stage_index, task, feeds))
+            replica, local = divmod(stage_index, k)
+            deps = {(replica * k + s, t) for s, t in schedule_lib.task_needs(local, task, feeds)}
             if stage_index in previous:
                 deps.add(previous[stage_index])
             needs.append(sorted(position[d] for d in deps))
@@ -139,6 +190,7 @@ class PipelineModel(keras.Model):
         data_batch = internals.first_batch(iterator, data_batch)
         internals.symbolic_build(self, data_batch)
         if self._plan.expected_gradients is None and data_batch is not None:
+            # Of replica 0's weights; every replica must match (check_gradients).
             self._plan.expected_gradients = gradients_lib.one_device_gradients(self.twin, data_batch)
 
     def save(self, filepath, *args, **kwargs):
@@ -163,8 +215,10 @@ class PipelineModel(keras.Model):
         if self._plan.in_train_step:
             # In a training step each stage differentiates the losses its
             # layers added; what remains for `compute_loss` are the weight
-            # regularizers, which read the variables directly.
-            return [v.regularizer(v) for v in self.trainable_weights if v.regularizer is not None]
+            # regularizers, which read the variables directly: those of the
+            # replica whose step is being traced.
+            variables = self._plan.replica_variables[self._plan.replica]
+            return [v.regularizer(v) for v in variables if v.regularizer is not None]
         return super().losses
 
     def train_step(self, data):
@@ -176,30 +230,72 @@ class PipelineModel(keras.Model):
 
     def _train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        step = Step(self, x, y, sample_weight)
-        timeline = self._plan.timeline
-        stamps = []
-        for stage_index, (kind, micro) in self._plan.order:
-            device = self._plan.graph.stages[stage_index].device
+        plan = self._plan
+        flat_x = internals.standardize_inputs(plan.graph.view, x)
+        total = None
+        if plan.workers:
+            # Shares are of the global batch, the workers' parts summed.
+            local = tf.shape(flat_x[0])[0]
+            total = tf.cast(plan.all_reduce[0].sum(tf.cast(local, tf.float32), "batch"), local.dtype)
+        micro = MicroBatches(flat_x, y, sample_weight, plan.microbatches * len(plan.graphs), total)
+        steps = [Step(self, r, micro, r * plan.microbatches) for r in range(len(plan.graphs))]
+        plan.gradient_sum.begin()
+        timeline, stamps, k = plan.timeline, [], len(plan.graph.stages)
+        for stage_index, (kind, m) in plan.order:
+            if kind == "A":
+                continue  # after every backward, below
+            plan.replica, local_stage = divmod(stage_index, k)
+            step = steps[plan.replica]
+            device = step.graph.stages[local_stage].device
             if timeline is not None:
-                start = timeline_lib.stamp(device, step.task_inputs(stage_index, kind, micro))
+                start = timeline_lib.stamp(device, step.task_inputs(local_stage, kind, m))
                 # The task's ops wait for their start stamp, or the executor
                 # could run them before the stamp and the interval would lie.
-                step.wait_for(stage_index, start)
+                step.wait_for(local_stage, start)
             if kind == "F":
-                step.forward(stage_index, micro)
+                step.forward(local_stage, m)
             else:
-                step.backward(stage_index, micro)
+                step.backward(local_stage, m)
             if timeline is not None:
-                stamps.append(tf.stack([start, timeline_lib.stamp(device, step.last[stage_index])]))
+                stamps.append(tf.stack([start, timeline_lib.stamp(device, step.last[local_stage])]))
+        plan.replica = 0
+        grads = self._all_reduced(steps, stamps) if plan.all_reduce else steps[0].gradients()
         if timeline is not None:
             timeline.assign(tf.stack(stamps))
-        grads = step.gradients()
-        self._plan.check_gradients(self.trainable_variables, grads)
-        self.optimizer.apply(grads, self.trainable_variables)
-        y_pred = step.predictions()
-        internals.loss_tracker(self).update_state(step.total_loss, sample_weight=step.batch)
+        plan.check_gradients(grads)
+        self.optimizer.apply(grads, plan.variables)
+        total_loss = sum(step.total_loss for step in steps)
+        if plan.workers:
+            total_loss = plan.all_reduce[0].sum(total_loss, "loss")
+        last = plan.graphs[-1].stages[-1].device
+        with tf.device(last):
+            flat = [micro.merge([t for step in steps for t in step.outputs()[o]])
+                    for o in range(len(plan.graph.output_keys))]
+        y_pred = keras.tree.pack_sequence_as(plan.graph.output_struct, flat)
+        internals.loss_tracker(self).update_state(total_loss, sample_weight=micro.total)
         return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def _all_reduced(self, steps: list, stamps: list) -> list:
+        """Each replica's gradients summed with the other replicas', stage by
+        stage, as soon as the stage's last backward is done."""
+        plan, k = self._plan, len(self._plan.graph.stages)
+        reduced = {}
+        for s in reversed(range(k)):
+            variables = [list(step.graph.stages[s].model.trainable_variables) for step in steps]
+            local = [step.gradients(v) for step, v in zip(steps, variables)]
+            starts = None
+            if plan.timeline is not None:
+                starts = [timeline_lib.stamp(step.graph.stages[s].device,
+                                             [g for g in grads if g is not None] or step.last[s])
+                          for step, grads in zip(steps, local)]
+            summed = plan.all_reduce[s](local, after=None if starts is None else [[t] for t in starts])
+            for r, (step, vs, grads) in enumerate(zip(steps, variables, summed)):
+                reduced.update({id(v): g for v, g in zip(vs, grads)})
+                if starts is not None:
+                    done = [g for g in grads if g is not None] or [starts[r]]
+                    done = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in done]
+                    stamps.append(tf.stack([starts[r], timeline_lib.stamp(step.graph.stages[s].device, done)]))
+        return [reduced.get(id(v)) for v in plan.variables]
 
 
 # fit and evaluate build metric and optimizer state through this hook.

@@ -29,6 +29,8 @@ class MicroBatches:
       y: the targets (any structure, or None).
       sample_weight: the sample weights (any structure, or None).
       parts: M, the number of micro-batches.
+      total: the size of the batch that shares are taken of, when this
+        batch is one worker's part of a larger one (default: this batch).
 
     Attributes:
       batch: the batch's real size (a scalar tensor).
@@ -37,9 +39,10 @@ class MicroBatches:
       real: per micro-batch, how many of its samples are real (not padding).
     """
 
-    def __init__(self, flat_x: list, y, sample_weight, parts: int):
+    def __init__(self, flat_x: list, y, sample_weight, parts: int, total=None):
         self.parts = parts
         self.batch = tf.shape(flat_x[0])[0]
+        self.total = self.batch if total is None else total
         extra = tf.maximum(parts - self.batch, 0) if parts > 1 else 0
         sizes = split_sizes(self.batch + extra, parts)
         starts = tf.cumsum(sizes, exclusive=True)
@@ -60,7 +63,7 @@ class MicroBatches:
 
     def share(self, micro: int, dtype):
         """Micro-batch `micro`'s share of the batch: its real samples / n."""
-        return tf.cast(self.real[micro], dtype) / tf.cast(self.batch, dtype)
+        return tf.cast(self.real[micro], dtype) / tf.cast(self.total, dtype)
 
     def merge(self, pieces: list):
         """The batch's tensor from its micro-batches' (padding dropped)."""

@@ -250,27 +250,32 @@ def build_stages(model: keras.Model, devices: Sequence[str], sizes: Sequence[int
 class Placement:
     """Which layers run where: returned and printed by `describe_placement`."""
 
-    rows: list[tuple]  # (stage, device, first..last layer, layers, params, flops)
+    rows: list[tuple]  # ([replica,] stage, device, first..last layer, layers, params, flops)
+    replicas: bool = False  # rows start with the replica (pipelines trained data parallel)
 
     def __str__(self) -> str:
         header = ("stage", "device", "layers", "count", "params", "est. FLOPs/sample")
-        return format_table(self.rows, header, align="left")
+        return format_table(self.rows, ("replica",) * self.replicas + header, align="left")
 
 
-def placement_table(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]) -> Placement:
-    """The placement of `model` with `sizes` layers per stage on `devices`."""
+def placement_table(model: keras.Model, groups: Sequence[Sequence[str]],
+                    sizes: Sequence[int]) -> Placement:
+    """The placement of `model` with `sizes` layers per stage on each group
+    of devices (one group per pipeline replica): a replica x stage grid."""
     ops = layers(model)
-    rows, start = [], 0
-    for index, (device, size) in enumerate(zip(devices, sizes)):
-        members = ops[start : start + size]
-        start += size
-        span = members[0].name if size == 1 else f"{members[0].name} .. {members[-1].name}"
-        rows.append((
-            index, device, span, size,
-            f"{sum(costs_lib.params(op) for op in members):,}",
-            f"{sum(costs_lib.flops(op) for op in members):,}",
-        ))
-    return Placement(rows)
+    rows = []
+    for replica, devices in enumerate(groups):
+        start = 0
+        for index, (device, size) in enumerate(zip(devices, sizes)):
+            members = ops[start : start + size]
+            start += size
+            span = members[0].name if size == 1 else f"{members[0].name} .. {members[-1].name}"
+            rows.append((replica,) * (len(groups) > 1) + (
+                index, device, span, size,
+                f"{sum(costs_lib.params(op) for op in members):,}",
+                f"{sum(costs_lib.flops(op) for op in members):,}",
+            ))
+    return Placement(rows, replicas=len(groups) > 1)
 
 
 def _is_on(actual: str, wanted: str) -> bool:

@@ -32,13 +32,19 @@ from typing import NamedTuple
 SCHEDULES = ("gpipe", "1f1b")
 
 
+# Task kinds: a micro-batch's forward and backward, and (data-parallel
+# pipeline replicas) the stage's gradient all-reduce, after its last backward.
+KINDS = ("F", "B", "A")
+
+
 class Task(NamedTuple):
     """One pass of one micro-batch on a stage: a forward ("F") or a
-    backward ("B"). Still a tuple, so ("F", 3) compares equal; prints as
-    "F3" and parses back.
+    backward ("B"); or the stage's gradient all-reduce ("A", micro 0) when
+    pipeline replicas train data parallel. Still a tuple, so ("F", 3)
+    compares equal; prints as "F3" and parses back.
 
-    >>> str(Task("B", 3)), Task.parse("F12") == ("F", 12)
-    ('B3', True)
+    >>> str(Task("B", 3)), Task.parse("F12") == ("F", 12), str(Task("A", 0))
+    ('B3', True, 'A0')
     """
 
     kind: str
@@ -52,10 +58,11 @@ class Task(NamedTuple):
         """The task a string such as "F3" names.
 
         Raises:
-          ValueError: not a kind (F or B) followed by a micro-batch index.
+          ValueError: not a kind (F, B or A) followed by a micro-batch index.
         """
-        if len(text) < 2 or text[0] not in "FB" or not text[1:].isdigit():
-            raise ValueError(f'A task is "F" or "B" and a micro-batch index, e.g. "F3". Received: {text!r}.')
+        if len(text) < 2 or text[0] not in KINDS or not text[1:].isdigit():
+            raise ValueError(f'A task is "F", "B" or "A" and a micro-batch index, e.g. "F3". '
+                             f"Received: {text!r}.")
         return cls(text[0], int(text[1:]))
 
 
@@ -154,6 +161,8 @@ def task_needs(stage: int, task: Task, feeds: list[list[int]]) -> list[tuple[int
     [(2, Task(kind='B', micro=0)), (1, Task(kind='F', micro=0))]
     """
     kind, micro = task
+    if kind == "A":  # after the stage's own last backward: its previous task
+        return []
     if kind == "F":
         return [(source, Task("F", micro)) for source in feeds[stage]]
     readers = [reader for reader, sources in enumerate(feeds) if stage in sources]
@@ -189,6 +198,6 @@ def max_in_flight(sequence: list[Task]) -> int:
     """Most micro-batches whose forward ran but backward did not, at once."""
     live = peak = 0
     for kind, _ in sequence:
-        live += 1 if kind == "F" else -1
+        live += {"F": 1, "B": -1}.get(kind, 0)
         peak = max(peak, live)
     return peak

@@ -17,7 +17,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfpar import internals
 from tfpar.pipeline import remat
 from tfpar.pipeline.microbatch import MicroBatches
 from tfpar.pipeline.stage_calls import (added_losses, differentiable, differentiable_keyed,
@@ -25,32 +24,33 @@ from tfpar.pipeline.stage_calls import (added_losses, differentiable, differenti
 
 
 class Step:
-    """The tensors, tapes and gradients of one training step.
+    """The tensors, tapes and gradients of one replica's share of a step.
 
     Args:
       model: the `PipelineModel` being trained.
-      x, y, sample_weight: the step's batch.
+      replica: which of its pipeline replicas (0 unless data parallel).
+      micro: the step's batch, cut into micro-batches (`MicroBatches`).
+      first: the replica's first micro-batch; it runs the plan's M from there.
     """
 
-    def __init__(self, model, x, y, sample_weight):
+    def __init__(self, model, replica: int, micro: MicroBatches, first: int = 0):
         self.model = model
         plan = model.plan
-        self.graph, self.rematerialize = plan.graph, plan.rematerialize
-        self.micro = MicroBatches(internals.standardize_inputs(self.graph.view, x), y,
-                                  sample_weight, plan.microbatches)
-        self.env = [dict(zip(self.graph.input_keys, xs)) for xs in self.micro.x]
+        self.replica = replica
+        self.graph, self.rematerialize = plan.graphs[replica], plan.rematerialize
+        self.variables = plan.replica_variables[replica]
+        self.micro = micro
+        self.micros = list(range(first, first + plan.microbatches))  # local index -> global
+        self.env = [dict(zip(self.graph.input_keys, micro.x[m])) for m in self.micros]
         # (tensor key, source kind) -> gradient, per micro-batch.
         self.grad_env = [{} for _ in self.env]
         self.saved = {}  # (stage, micro) -> tape and tensors for its backward
         self.last = {}  # stage -> tensors of its previous task, to chain on
         self.sums = plan.gradient_sum
-        self.sums.begin()
         self.total_loss = 0.0
 
-    @property
-    def batch(self):
-        """The batch's size (a scalar tensor)."""
-        return self.micro.batch
+    def _share(self, micro: int, dtype):
+        return self.micro.share(self.micros[micro], dtype)
 
     def task_inputs(self, index: int, kind: str, micro: int) -> list:
         """What a task waits for: its stage's previous task and its inputs."""
@@ -86,7 +86,7 @@ class Step:
                 # Losses added in the stage (add_loss, activity regularizers)
                 # are means over the micro-batch, as Keras' are over the
                 # batch: each counts by its share, like the compiled loss.
-                self.total_loss = self.total_loss + self.micro.share(micro, added.dtype) * added
+                self.total_loss = self.total_loss + self._share(micro, added.dtype) * added
                 done.append(added)
             if index == len(self.graph.stages) - 1:
                 done += self._loss(micro)
@@ -115,7 +115,7 @@ class Step:
                         upstream.append(grad)
             if added is not None:
                 targets.append(added)
-                upstream.append(self.model.optimizer.scale_loss(self.micro.share(micro, added.dtype)))
+                upstream.append(self.model.optimizer.scale_loss(self._share(micro, added.dtype)))
             if not targets:
                 return
             keys, sources = differentiable_keyed(stage.input_keys, inputs)
@@ -137,16 +137,19 @@ class Step:
         # the stage that made it, which differentiates that same source.
         watched = [(key, kind, source) for key, p in zip(graph.output_keys, predictions)
                    for kind, source in loss_sources(p)]
-        variables = self.model.trainable_variables
+        # The weight regularizers in the loss read this replica's weights
+        # (`PipelineModel.losses`): each replica adds its share of them.
+        variables = self.variables
+        m = self.micros[micro]
         with tf.GradientTape() as tape:
             tape.watch([source for _, _, source in watched])
             y_pred = keras.tree.pack_sequence_as(graph.output_struct, predictions)
             loss = self.model.compute_loss(
-                x=self.micro.x[micro], y=self.micro.y[micro], y_pred=y_pred,
-                sample_weight=self.micro.sample_weight[micro], training=True,
+                x=self.micro.x[m], y=self.micro.y[m], y_pred=y_pred,
+                sample_weight=self.micro.sample_weight[m], training=True,
             )
             # Each micro-batch's mean loss counts by its share of the batch.
-            weighted = loss * self.micro.share(micro, loss.dtype)
+            weighted = loss * self._share(micro, loss.dtype)
             scaled = self.model.optimizer.scale_loss(weighted)
         grads = tape.gradient(scaled, [source for _, _, source in watched] + list(variables))
         for (key, kind, _), grad in zip(watched, grads[: len(watched)]):
@@ -158,16 +161,14 @@ class Step:
         self.total_loss = self.total_loss + weighted
         return [scaled]
 
-    def gradients(self) -> list:
-        """The step's summed gradient of each trainable weight (None: none)."""
-        return self.sums.result(self.model.trainable_variables)
+    def gradients(self, variables=None) -> list:
+        """The summed gradient of each of this replica's trainable weights,
+        or of `variables` (None: it got none)."""
+        return self.sums.result(self.variables if variables is None else variables)
 
-    def predictions(self):
-        """The model's outputs for the whole batch, on the last stage."""
-        graph = self.graph
-        with tf.device(graph.stages[-1].device):
-            flat = [self.micro.merge([env[k] for env in self.env]) for k in graph.output_keys]
-        return keras.tree.pack_sequence_as(graph.output_struct, flat)
+    def outputs(self) -> list:
+        """Per model output, this replica's micro-batches' tensors, in order."""
+        return [[env[k] for env in self.env] for k in self.graph.output_keys]
 
 
 def _upstream(grad_env: dict, key) -> list:

@@ -34,6 +34,10 @@ class GPipe(ModelSplit):
       record_timeline: record when each stage ran each micro-batch's forward
         and backward in the last step; read it from a callback with
         `self.model.last_timeline()` (seconds) and `self.model.task_order`.
+      data_parallel: R replicas of the pipeline trained data parallel, as
+        for ModelSplit: `devices` holds R x K devices, the batch R x M
+        micro-batches, and each stage's all-reduce starts once its last
+        backward is done.
 
     BatchNormalization normalises each micro-batch with its own statistics in
     training, as in the GPipe paper, and updates its moving statistics once
@@ -61,13 +65,15 @@ class GPipe(ModelSplit):
         rematerialize: bool = False,
         device_speeds: Sequence[float] | None = None,
         record_timeline: bool = False,
+        data_parallel: int = 1,
     ):
         checks.whole_number("microbatches", microbatches)
         if schedule not in schedule_lib.SCHEDULES:
             raise ValueError(
                 f"schedule must be one of {list(schedule_lib.SCHEDULES)}. Received: schedule={schedule!r}."
             )
-        super().__init__(devices, balance=balance, device_speeds=device_speeds)
+        super().__init__(devices, balance=balance, device_speeds=device_speeds,
+                         data_parallel=data_parallel)
         self.microbatches = microbatches
         self.schedule = schedule
         self.rematerialize = bool(rematerialize)
@@ -77,5 +83,6 @@ class GPipe(ModelSplit):
         return (
             f"GPipe(devices={self.devices}, microbatches={self.microbatches}, "
             f"balance={self.balance!r}, schedule={self.schedule!r}, "
-            f"rematerialize={self.rematerialize})"
+            f"rematerialize={self.rematerialize}"
+            + (f", data_parallel={self.data_parallel})" if self.data_parallel > 1 else ")")
         )

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import keras
 
-from tfpar import internals, replica
+from tfpar import checks, internals, replica
 from tfpar import devices as devices_lib
 from tfpar.pipeline import costs, placement
+from tfpar.pipeline import replicas as replicas_lib
 from tfpar.pipeline.engine import PipelineModel
 from tfpar.strategies import contract
 
@@ -32,6 +33,12 @@ class ModelSplit:
         layer counts per stage.
       device_speeds: relative speed of each stage's device for mixed devices
         (e.g. [8, 1] when the first is a GPU 8x the CPU); None means equal.
+      data_parallel: R, how many replicas of the pipeline train data
+        parallel. `devices` is then read as R groups of K = len(devices) / R
+        consecutive devices, one replica each (stage s of replica r on
+        `devices[r * K + s]`); each replica gets an equal share of the
+        global batch, and each stage's gradients are summed across the
+        replicas with TensorFlow's collective ops before one update.
 
     Example:
         >>> devices = tfpar.configure_devices(cpu=2)
@@ -50,8 +57,12 @@ class ModelSplit:
         *,
         balance: str | Sequence[int] = "flops",
         device_speeds: Sequence[float] | None = None,
+        data_parallel: int = 1,
     ):
         self.devices = devices_lib.resolve(devices)
+        checks.whole_number("data_parallel", data_parallel)
+        self.data_parallel = data_parallel
+        self.groups = replicas_lib.groups(self.devices, data_parallel)
         if isinstance(balance, str) and balance not in costs.KINDS:
             raise ValueError(
                 f"balance must be one of {list(costs.KINDS)} or a list of layer "
@@ -62,7 +73,7 @@ class ModelSplit:
 
     @property
     def num_stages(self) -> int:
-        return len(self.devices)
+        return len(self.groups[0])
 
     def sizes(self, model: keras.Model) -> list[int]:
         """Layers per stage for `model` under this strategy's balance."""
@@ -71,13 +82,16 @@ class ModelSplit:
         )
 
     def describe(self, model: keras.Model) -> placement.Placement:
-        return placement.placement_table(model, self.devices, self.sizes(model))
+        return placement.placement_table(model, self.groups, self.sizes(model))
 
     # The fit_distributed contract (strategies/contract.py).
 
     def check_fit(self, x, fit_kwargs: dict) -> None:
+        parts = self.microbatches * self.data_parallel
+        what = "micro-batches" if self.data_parallel == 1 else (
+            f"replicas x micro-batches ({self.data_parallel} x {self.microbatches})")
         contract.check_divisible(
-            x, fit_kwargs, self.microbatches, "micro-batches",
+            x, fit_kwargs, parts, what,
             uneven_note=(
                 "It is cut into near-equal micro-batches whose losses are "
                 "weighted by size, so training stays exact."
@@ -97,25 +111,34 @@ class ModelSplit:
             _check_mean_losses(model)
         sizes = self.sizes(model)
 
-        def pipeline(twin: keras.Model) -> PipelineModel:
-            graph = placement.build_stages(twin, self.devices, sizes)
-            placement.check_devices(graph)
-            return PipelineModel(twin, graph, microbatches=self.microbatches,
-                                 schedule=self.schedule, rematerialize=self.rematerialize,
-                                 record_timeline=self.record_timeline)
+        def placed(group):
+            return dict(clone_function=placement.device_function(model, group, sizes),
+                        call_function=placement.call_function(model, group, sizes))
 
-        return replica.recreate(
-            model, contextlib.nullcontext(),
-            clone_function=placement.device_function(model, self.devices, sizes),
-            call_function=placement.call_function(model, self.devices, sizes),
-            wrap=pipeline,
-        )
+        def stages(twin, group):
+            graph = placement.build_stages(twin, group, sizes)
+            placement.check_devices(graph)
+            return graph
+
+        def pipeline(twin: keras.Model) -> PipelineModel:
+            # Replicas past the first: the caller's model again, placed on
+            # their own devices, from the same weights.
+            others = [replica.clone(model, **placed(group)) for group in self.groups[1:]]
+            return PipelineModel(
+                twin, stages(twin, self.groups[0]), microbatches=self.microbatches,
+                schedule=self.schedule, rematerialize=self.rematerialize,
+                record_timeline=self.record_timeline,
+                replicas=[(t, stages(t, g)) for t, g in zip(others, self.groups[1:])])
+
+        return replica.recreate(model, contextlib.nullcontext(), wrap=pipeline,
+                                **placed(self.groups[0]))
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         return model.fit(x, y, **fit_kwargs)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(devices={self.devices}, balance={self.balance!r})"
+        return (f"{type(self).__name__}(devices={self.devices}, balance={self.balance!r}"
+                + (f", data_parallel={self.data_parallel})" if self.data_parallel > 1 else ")"))
 
 
 # What a pipeline runs in place of the model's own methods: overriding one
