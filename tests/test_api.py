@@ -1,5 +1,6 @@
 """The public surface is small and pinned; public names are documented."""
 
+import importlib
 import inspect
 
 import tfpar
@@ -24,6 +25,11 @@ def test_modules_that_moved_keep_their_old_names():
     assert checkpoint.load is tfpar.cluster.checkpoint.load
     assert cluster.parse is tfpar.cluster.tf_config.parse
     assert cluster.free_ports is tfpar.cluster.peers.free_ports
+    assert len(cluster.local_configs(2)) == 2 and cluster.WORKER_JOBS == ("chief", "worker")
+    assert importlib.import_module("tfpar.schedule") is tfpar.pipeline.schedule  # dotted, too
+    from tfpar.timeline import PipelineTimeline
+
+    assert PipelineTimeline is tfpar.pipeline.timeline.PipelineTimeline
     from tfpar import launch, server
 
     assert launch.launch is tfpar.cluster.launch.launch and server.serve is tfpar.cluster.server.serve

@@ -46,6 +46,10 @@ def test_default_job_trains_digits_and_saves(tmp_path, capsys):
     (["--strategy=gpipe", "--devices=2", "--microbatches=4", "--batch_size=30"],
      "--batch_size must be divisible by 1 replica\\(s\\) x 4 micro-batch\\(es\\) = 4. Received: 30"),
     (["--devices=2", "--batch_size=33"], "divisible by 2 replica.*Received: 33"),
+    (["--data_parallel=2"], "--data_parallel applies to --strategy=split or gpipe"),
+    (["--strategy=gpipe", "--devices=3", "--data_parallel=2"], "--data_parallel: data_parallel=2 .* Received 3 devices"),
+    (["--strategy=gpipe", "--data_parallel=2", "--microbatches=4", "--batch_size=36"],
+     "divisible by 2 replica\\(s\\) x 4 micro-batch\\(es\\) = 8. Received: 36"),
     (["--strategy=multi_worker", "--virtual_devices=2"], "--virtual_devices does not apply to --strategy=multi_worker"),
 ])
 def test_bad_flags_are_rejected_before_training(argv, message):
@@ -57,6 +61,13 @@ def test_gpipe_flags_train_and_print_the_placement(capsys):
     run(["--strategy=gpipe", "--devices=2", "--microbatches=2", "--epochs=2"])
     out = capsys.readouterr().out
     assert "est. FLOPs/sample" in out and "held-out accuracy" in out
+
+
+def test_hybrid_flags_train_two_pipeline_replicas(capsys):
+    run(["--strategy=gpipe", "--data_parallel=2", "--microbatches=2", "--epochs=2"])
+    out = capsys.readouterr().out
+    assert "data_parallel=2" in out and "per replica 32 (2 replicas)" in out
+    assert "replica  stage" in out and "held-out accuracy" in out
 
 
 def test_transformer_on_reversal_pipelined_with_a_timeline(tmp_path, capsys):

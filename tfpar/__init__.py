@@ -15,9 +15,16 @@ from tfpar.fit import fit_distributed
 from tfpar.pipeline import timeline
 
 # Modules that moved into the pipeline and cluster packages keep their old
-# names here, so that code written against tfpar 0.1 keeps working.
-from tfpar.cluster import checkpoint  # (was tfpar.checkpoint)
-from tfpar.pipeline import partition, schedule  # (were tfpar.partition, tfpar.schedule)
+# names, as attributes and for `import tfpar.schedule`, so that code written
+# against the flat layout keeps working.
+import sys as _sys
+
+from tfpar.cluster import checkpoint
+from tfpar.pipeline import partition, schedule
+
+for _name, _module in (("checkpoint", checkpoint), ("partition", partition),
+                       ("schedule", schedule), ("timeline", timeline)):
+    _sys.modules.setdefault(f"tfpar.{_name}", _module)
 
 __version__ = "0.1.0"
 

@@ -32,6 +32,9 @@ flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "split", "gpipe", "multi_
 flags.DEFINE_integer("virtual_devices", None, "Split each CPU into this many logical devices.")
 flags.DEFINE_integer("devices", None, "Use the first N local devices (default: all).")
 flags.DEFINE_integer("microbatches", 4, "Micro-batches per batch (gpipe).")
+flags.DEFINE_integer("data_parallel", 1,
+                     "Pipeline replicas trained data parallel (split, gpipe): the devices are "
+                     "read as this many groups, one replica each.")
 flags.DEFINE_string("balance", "auto",
                     "Layers per stage (split, gpipe): params, flops, time, a list such as 5,3, or "
                     "auto (the encoder/decoder split for the transformer on 2 devices, else params).")
@@ -168,20 +171,23 @@ def _pipeline(tfpar, model, kind: str):
     balance = FLAGS.balance
     devices = FLAGS.devices
     if balance == "auto":
-        two = (devices or len(tfpar.devices.local_devices())) == 2
+        stages = (devices or len(tfpar.devices.local_devices())) // FLAGS.data_parallel
+        two = stages == 2
         balance = tfpar.models.encoder_decoder_balance(model) if kind == "transformer" and two else "params"
     elif balance not in ("params", "flops", "time"):
         balance = [int(v) for v in balance.split(",")]
     try:
         if FLAGS.strategy == "split":
-            strategy = tfpar.strategies.ModelSplit(devices, balance=balance)
+            strategy = tfpar.strategies.ModelSplit(devices, balance=balance,
+                                                   data_parallel=FLAGS.data_parallel)
         else:
             strategy = tfpar.strategies.GPipe(
                 devices, microbatches=FLAGS.microbatches, balance=balance, schedule=FLAGS.schedule,
-                rematerialize=FLAGS.rematerialize, record_timeline=bool(FLAGS.timeline))
+                rematerialize=FLAGS.rematerialize, record_timeline=bool(FLAGS.timeline),
+                data_parallel=FLAGS.data_parallel)
         strategy.sizes(model)  # a balance that does not fit the model fails here, not mid-run
     except ValueError as error:
-        raise app.UsageError(f"--balance / --devices: {error}") from error
+        raise app.UsageError(f"--balance / --devices / --data_parallel: {error}") from error
     return strategy
 
 
@@ -189,7 +195,7 @@ def _print_setup(strategy) -> None:
     """Devices and the batch each of them sees."""
     if FLAGS.strategy in PIPELINES:
         devices = list(strategy.devices)
-        replicas, microbatches = 1, getattr(strategy, "microbatches", 1)
+        replicas, microbatches = strategy.data_parallel, getattr(strategy, "microbatches", 1)
     else:
         devices = list(strategy.extended.worker_devices)
         replicas, microbatches = strategy.num_replicas_in_sync, 1
@@ -223,6 +229,8 @@ def _check_flags() -> None:
     for name in ("virtual_devices", "devices"):
         if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
             raise app.UsageError(f"--{name} must be >= 1. Received: {getattr(FLAGS, name)}.")
+    if FLAGS.data_parallel < 1:
+        raise app.UsageError(f"--data_parallel must be >= 1. Received: {FLAGS.data_parallel}.")
     if FLAGS.microbatches < 1:
         raise app.UsageError(f"--microbatches must be >= 1. Received: {FLAGS.microbatches}.")
     if FLAGS.checkpoint_every < 1:
@@ -250,7 +258,8 @@ def _check_flags() -> None:
                     f"--{name}={getattr(FLAGS, name)}."
                 )
     if FLAGS.strategy not in PIPELINES:
-        for name, default in (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False)):
+        for name, default in (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False),
+                              ("data_parallel", 1)):
             if getattr(FLAGS, name) != default:
                 raise app.UsageError(
                     f"--{name} applies to --strategy=split or gpipe. Received: "

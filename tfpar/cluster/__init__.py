@@ -11,8 +11,20 @@
 The `MultiWorker` strategy (`tfpar.strategies`) builds on it.
 """
 
+from tfpar.cluster import tf_config as _tf_config
 from tfpar.cluster.peers import check_port_free, free_ports, wait_for_peers
-from tfpar.cluster.tf_config import ClusterConfig, from_environment, parse
+from tfpar.cluster.tf_config import WORKER_JOBS, ClusterConfig, from_environment, parse
 
-__all__ = ["ClusterConfig", "check_port_free", "free_ports", "from_environment", "parse",
-           "wait_for_peers"]
+
+def local_configs(count: int, *, ports: list[int] | None = None) -> list[str]:
+    """TF_CONFIG strings for `count` workers on free loopback ports (or `ports`).
+
+    Example:
+        >>> len(local_configs(2))
+        2
+    """
+    return _tf_config.local_configs(ports or free_ports(count))
+
+
+__all__ = ["WORKER_JOBS", "ClusterConfig", "check_port_free", "free_ports", "from_environment",
+           "local_configs", "parse", "wait_for_peers"]

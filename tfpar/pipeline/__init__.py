@@ -1,4 +1,4 @@
-"""Model splitting and pipelining, in four layers, each importing only those above:
+"""Model splitting and pipelining, from pure planning to the engine:
 
 1. Planning, pure Python (no TensorFlow): `partition` (cutting a chain of
    layer costs into balanced stages) and `schedule` (the task IR, the
@@ -9,7 +9,10 @@
    `stage_calls` (one stage's call and loss sources), `remat`
    (recomputation), `gradients` (summing and checking), `step` (one
    training step's tasks) and `engine` (`PipelineModel`, the Keras model).
-4. Observing: `timeline` (stamps of each task, bubble, trace, picture).
+   `replicas` (pipeline replicas trained data parallel: device groups and
+   each stage's gradient all-reduce) sits between gradients and engine.
+4. Observing: `timeline` (the stamps the engine records for each task;
+   bubble, trace, picture).
 
 The strategies `ModelSplit` and `GPipe` (`tfpar.strategies`) build on it.
 """
