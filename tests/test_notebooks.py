@@ -19,7 +19,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 def test_there_are_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
-        "01_data_parallel.ipynb", "02_model_split.ipynb", "03_pipeline.ipynb", "04_multi_worker.ipynb"]
+        "01_data_parallel.ipynb", "02_model_split.ipynb", "03_pipeline.ipynb", "04_multi_worker.ipynb",
+        "05_hybrid.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -78,6 +78,15 @@ def configure_devices(
     return [d.name for d in tf.config.list_logical_devices()]
 
 
+def split_cpus(count: int) -> None:
+    """Lays each physical CPU out as `count` logical devices without starting
+    TensorFlow's runtime (configure_devices lists the devices, which starts
+    it): for MultiWorker, whose collectives must be configured after this
+    and before the runtime starts."""
+    checks.whole_number("virtual_devices", count)
+    _split("CPU", count, _DEFAULT_GPU_MEMORY_MB)
+
+
 def _set_intra_op_threads(threads: int) -> None:
     checks.whole_number("intra_op_threads", threads)
     if tf.config.threading.get_intra_op_parallelism_threads() == threads:

@@ -46,6 +46,28 @@ def training_count(count: int, validation_split: float | None) -> int:
     return int(np.floor(count * (1.0 - (validation_split or 0.0))))
 
 
+def split_validation(x, y, kwargs: dict):
+    """`validation_split` turned into explicit `validation_data`, as Keras
+    splits: the last fraction of the samples, before any shuffling.
+
+    Returns:
+      (x, y, kwargs) for the training part; kwargs without validation_split.
+    """
+    split = kwargs.pop("validation_split", 0.0) or 0.0
+    if not split:
+        return x, y, kwargs
+    # As Keras: the last fraction of the samples, before any shuffling.
+    at = training_count(int(keras.tree.flatten(x)[0].shape[0]), split)
+    head = lambda data: None if data is None else keras.tree.map_structure(lambda a: a[:at], data)  # noqa: E731
+    tail = lambda data: None if data is None else keras.tree.map_structure(lambda a: a[at:], data)  # noqa: E731
+    weights = kwargs.get("sample_weight")
+    validation = (tail(x), tail(y)) if weights is None else (tail(x), tail(y), tail(weights))
+    kwargs["validation_data"] = validation
+    if weights is not None:
+        kwargs["sample_weight"] = head(weights)
+    return head(x), head(y), kwargs
+
+
 def is_array_like(x) -> bool:
     """True for inputs Keras batches itself (arrays, tensors, dicts of them)."""
     return _first_array(x) is not None

@@ -108,6 +108,10 @@ def test_each_device_holds_only_its_stage_and_replicas_stay_identical():
         last_backward = max(t.end for t in own if t.kind == "B")
         reduce = next(t for t in own if t.kind == "A")
         assert reduce.start >= last_backward - 1e-6
+    trace = tfpar.timeline.chrome_trace(intervals)["traceEvents"]
+    assert sum(e.get("cat") == "all-reduce" for e in trace) == 4
+    # The ideal bubble is one K = 2 pipeline's with M = 2, not K = 4's.
+    assert tfpar.timeline.ideal_bubble(intervals, 2) == pytest.approx(1 / 3)
 
 
 def test_hybrid_placement_is_a_replica_by_stage_grid():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfpar.bench import data_parallel, multi_worker, pipeline
+from tfpar.bench import data_parallel, hybrid, multi_worker, pipeline
 
-BENCHMARKS = {"data_parallel": data_parallel, "pipeline": pipeline, "multi_worker": multi_worker}
+BENCHMARKS = {"data_parallel": data_parallel, "pipeline": pipeline, "multi_worker": multi_worker,
+              "hybrid": hybrid}
 
 
 def run(argv: list[str] | None = None) -> dict:

@@ -122,7 +122,7 @@ def resumable_fit(fit, x, y, fit_kwargs: dict, directory: str, every: int, *,
     as Keras does for `validation_split`, so both calls validate alike.
     """
     kwargs = dict(fit_kwargs)
-    x, y, kwargs = _split_validation(x, y, kwargs)
+    x, y, kwargs = inputs.split_validation(x, y, kwargs)
     batch = kwargs.get("batch_size") or 32
     count = int(keras.tree.flatten(x)[0].shape[0])
     steps_per_epoch = -(-count // batch)
@@ -142,22 +142,6 @@ def resumable_fit(fit, x, y, fit_kwargs: dict, directory: str, every: int, *,
     if epoch < epochs:
         histories.append(fit(x, y, dict(kwargs, initial_epoch=epoch, epochs=epochs)))
     return _join(histories)
-
-
-def _split_validation(x, y, kwargs):
-    split = kwargs.pop("validation_split", 0.0) or 0.0
-    if not split:
-        return x, y, kwargs
-    # As Keras: the last fraction of the samples, before any shuffling.
-    at = inputs.training_count(int(keras.tree.flatten(x)[0].shape[0]), split)
-    head = lambda data: None if data is None else keras.tree.map_structure(lambda a: a[:at], data)  # noqa: E731
-    tail = lambda data: None if data is None else keras.tree.map_structure(lambda a: a[at:], data)  # noqa: E731
-    weights = kwargs.get("sample_weight")
-    validation = (tail(x), tail(y)) if weights is None else (tail(x), tail(y), tail(weights))
-    kwargs["validation_data"] = validation
-    if weights is not None:
-        kwargs["sample_weight"] = head(weights)
-    return head(x), head(y), kwargs
 
 
 def _rows(data, start: int):

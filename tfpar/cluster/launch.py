@@ -1,6 +1,7 @@
 """Start N local workers with a TF_CONFIG each: `python -m tfpar.launch`.
 
-    python -m tfpar.launch -n 2 [--threads-per-worker 1] [--timeout-seconds 60] -- python train.py
+    python -m tfpar.launch -n 2 [--threads-per-worker 1] [--timeout-seconds 60]
+                           [--virtual-devices 2] -- python train.py
 
 Each worker gets its own loopback port in one shared TF_CONFIG cluster (the
 launcher binds loopback only), its log lines prefixed with its rank. If one
@@ -132,13 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="TensorFlow threads per worker (default: all cores)")
     parser.add_argument("--timeout-seconds", type=float, default=None,
                         help="collective timeout: a dead or hung peer fails the job after this long")
+    parser.add_argument("--virtual-devices", type=int, default=None,
+                        help="split each worker's CPU into this many logical devices (the stages "
+                             "of a pipeline replica per worker)")
     args = parser.parse_args(argv)
     if not command:
         parser.error("give the command to run after --, e.g. -- python train.py")
     if args.workers < 1:
         parser.error(f"-n must be >= 1. Received: -n {args.workers}.")
+    if args.virtual_devices is not None and args.virtual_devices < 1:
+        parser.error(f"--virtual-devices must be >= 1. Received: {args.virtual_devices}.")
+    options = {"virtual_devices": args.virtual_devices} if args.virtual_devices else None
     return launch(command, args.workers, threads_per_worker=args.threads_per_worker,
-                  timeout_seconds=args.timeout_seconds)
+                  timeout_seconds=args.timeout_seconds, strategy_options=options)
 
 
 def run() -> None:

@@ -273,6 +273,25 @@ class PipelineModel(keras.Model):
                     for o in range(len(plan.graph.output_keys))]
         y_pred = keras.tree.pack_sequence_as(plan.graph.output_struct, flat)
         internals.loss_tracker(self).update_state(total_loss, sample_weight=micro.total)
+        if plan.workers:  # metrics of the global batch, the same on every worker
+            y, y_pred, sample_weight = self._global_batch(y, y_pred, sample_weight, "train")
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def _global_batch(self, y, y_pred, sample_weight, slot):
+        gather = self._plan.all_reduce[0].gather_rows
+        return (gather(y, (slot, "y")), gather(y_pred, (slot, "y_pred")),
+                gather(sample_weight, (slot, "sample_weight")))
+
+    def test_step(self, data):
+        if not self._plan.workers:
+            return super().test_step(data)
+        # Across workers each holds a part of the batch: the loss and the
+        # metrics are those of the whole batch, as one device reports them.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y, y_pred, sample_weight = self._global_batch(y, self(x, training=False), sample_weight, "test")
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+        count = tf.shape(keras.tree.flatten(y_pred)[0])[0]
+        internals.loss_tracker(self).update_state(loss, sample_weight=count)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def _all_reduced(self, steps: list, stamps: list) -> list:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+import keras
 import tensorflow as tf
 
 from tfpar.pipeline import gradients
@@ -134,18 +135,31 @@ class StageAllReduce:
             instance_key=self._key(slot), shape=tf.TensorShape([None]).concatenate(tensor.shape[1:]),
             timeout_seconds=self.timeout)
 
+    def _gather_parts(self, tensor, slot) -> list:
+        """Every member's `tensor`, in member order. Their first dimensions
+        may differ, and a collective gathers equal shapes: each is padded to
+        the longest, gathered, and cut back."""
+        count = tf.shape(tensor)[:1]
+        counts = self._gather(count, (slot, "count"))
+        pad = tf.reduce_max(counts) - count[0]
+        padded = tf.concat([tensor, tf.zeros(tf.concat([[pad], tf.shape(tensor)[1:]], 0), tensor.dtype)],
+                           axis=0)
+        parts = tf.split(self._gather(padded, (slot, "rows")), self.group_size)
+        return [part[: counts[m]] for m, part in enumerate(parts)]
+
+    def gather_rows(self, structure, slot):
+        """Every member's rows of each tensor in `structure`, side by side in
+        member order (a worker's batch part -> the global batch)."""
+        if structure is None:
+            return None
+        with tf.device(self.devices[0]):
+            flat = [tf.concat(self._gather_parts(t, (slot, i)), axis=0)
+                    for i, t in enumerate(keras.tree.flatten(structure))]
+        return keras.tree.pack_sequence_as(structure, flat)
+
     def _gather_slices(self, grad: tf.IndexedSlices, position: int) -> tf.IndexedSlices:
-        # Members' slices differ in length (their samples' lookups), and a
-        # collective gathers equal shapes: pad to the longest, gather, cut.
-        count = tf.shape(grad.indices)[:1]
-        counts = self._gather(count, ("count", position))
-        longest = tf.reduce_max(counts)
-        pad = longest - count[0]
-        values = tf.concat([grad.values, tf.zeros(tf.concat([[pad], tf.shape(grad.values)[1:]], 0),
-                                                   grad.values.dtype)], axis=0)
-        indices = tf.concat([grad.indices, tf.zeros([pad], grad.indices.dtype)], axis=0)
-        all_values = tf.split(self._gather(values, ("values", position)), self.group_size)
-        all_indices = tf.split(self._gather(indices, ("indices", position)), self.group_size)
-        members = [tf.IndexedSlices(v[: counts[m]], i[: counts[m]], grad.dense_shape)
-                   for m, (v, i) in enumerate(zip(all_values, all_indices))]
-        return gradients.combine_slices(members)
+        # Members' slices differ in length (their samples' lookups).
+        values = self._gather_parts(grad.values, ("values", position))
+        indices = self._gather_parts(grad.indices, ("indices", position))
+        return gradients.combine_slices(
+            [tf.IndexedSlices(v, i, grad.dense_shape) for v, i in zip(values, indices)])

@@ -111,9 +111,16 @@ def measured_bubble(tasks: list[Interval]) -> float:
     return 1.0 - busy / (len(stages) * span)
 
 
-def ideal_bubble(tasks: list[Interval]) -> float:
-    """(K-1)/(M+K-1) for the stages and micro-batches in `tasks`."""
-    return schedule_lib.bubble_fraction(len({t.stage for t in tasks}), len({t.micro for t in tasks}))
+def ideal_bubble(tasks: list[Interval], num_stages: int | None = None) -> float:
+    """(K-1)/(M+K-1) for the micro-batches in `tasks` and K stages: `num_stages`,
+    or every stage in `tasks` (give K for replicas of a K-stage pipeline).
+
+    Example:
+        >>> ideal_bubble([Interval(0, "F", m, m, m + 1) for m in range(3)] + [Interval(1, "F", 0, 1, 2)])
+        0.25
+    """
+    k = num_stages or len({t.stage for t in tasks})
+    return schedule_lib.bubble_fraction(k, len({t.micro for t in tasks if t.kind in ("F", "B")}))
 
 
 def chrome_trace(tasks: list[Interval], devices=None) -> dict:
@@ -132,7 +139,7 @@ def chrome_trace(tasks: list[Interval], devices=None) -> dict:
                        "args": {"name": label}})
     for t in tasks:
         events.append({
-            "name": f"{t.kind}{t.micro}", "cat": "forward" if t.kind == "F" else "backward",
+            "name": f"{t.kind}{t.micro}", "cat": _KIND_NAMES.get(t.kind, t.kind),
             "ph": "X", "pid": 0, "tid": t.stage,
             "ts": round(t.start * 1e6, 3), "dur": round((t.end - t.start) * 1e6, 3),
             "args": {"stage": t.stage, "micro_batch": t.micro},
@@ -165,7 +172,7 @@ def plot(tasks: list[Interval], path: str, *, title: str | None = None, devices=
     figure, axes = pyplot.subplots(figsize=(10, 0.6 * len(stages) + 1.4))
     for t in tasks:
         milliseconds = (t.start * 1e3, (t.end - t.start) * 1e3)
-        color = "tab:blue" if t.kind == "F" else "tab:orange"
+        color = {"F": "tab:blue", "B": "tab:orange"}.get(t.kind, "tab:green")  # A: all-reduce
         axes.broken_barh([milliseconds], (t.stage - 0.4, 0.8), facecolors=color, edgecolors="white")
         axes.text(milliseconds[0] + milliseconds[1] / 2, t.stage, f"{t.kind}{t.micro}",
                   ha="center", va="center", fontsize=7, color="white", clip_on=True)
@@ -247,10 +254,12 @@ class PipelineTimeline(keras.callbacks.Callback):
         if not self._recent:
             return  # no step ran
         self.tasks = intervals(self.model.task_order, self._recent[0], self.model.task_needs)
-        self.bubble, self.ideal_bubble = measured_bubble(self.tasks), ideal_bubble(self.tasks)
+        self.bubble = measured_bubble(self.tasks)
+        self.ideal_bubble = ideal_bubble(self.tasks, len(self.model.plan.graph.stages))
         devices = [stage.device for stage in self.model.stages]
         if self.png:
-            plot(self.tasks, self.png, devices=devices)
+            plot(self.tasks, self.png, devices=devices,
+                 title=f"measured bubble {self.bubble:.2f}, ideal (K-1)/(M+K-1) = {self.ideal_bubble:.2f}")
         if self.trace:
             write_chrome_trace(self.tasks, self.trace, devices)
         if self.verbose:
@@ -258,6 +267,9 @@ class PipelineTimeline(keras.callbacks.Callback):
             print(f"pipeline timeline of the last step: measured bubble {self.bubble:.3f}, "
                   f"ideal (K-1)/(M+K-1) {self.ideal_bubble:.3f}"
                   + (f"; wrote {written}" if written else ""))
+
+
+_KIND_NAMES = {"F": "forward", "B": "backward", "A": "all-reduce"}
 
 
 def _union_length(spans: list[tuple[float, float]]) -> float:

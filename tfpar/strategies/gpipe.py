@@ -65,7 +65,7 @@ class GPipe(ModelSplit):
         rematerialize: bool = False,
         device_speeds: Sequence[float] | None = None,
         record_timeline: bool = False,
-        data_parallel: int = 1,
+        data_parallel: int | str = 1,
     ):
         checks.whole_number("microbatches", microbatches)
         if schedule not in schedule_lib.SCHEDULES:
@@ -84,5 +84,5 @@ class GPipe(ModelSplit):
             f"GPipe(devices={self.devices}, microbatches={self.microbatches}, "
             f"balance={self.balance!r}, schedule={self.schedule!r}, "
             f"rematerialize={self.rematerialize}"
-            + (f", data_parallel={self.data_parallel})" if self.data_parallel > 1 else ")")
+            + (f", data_parallel={self.data_parallel!r})" if self.data_parallel != 1 else ")")
         )

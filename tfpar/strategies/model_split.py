@@ -8,6 +8,7 @@ is the baseline a pipeline (`GPipe`) is measured against.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 
 import keras
@@ -17,7 +18,8 @@ from tfpar import devices as devices_lib
 from tfpar.pipeline import costs, placement
 from tfpar.pipeline import replicas as replicas_lib
 from tfpar.pipeline.engine import PipelineModel
-from tfpar.strategies import contract
+from tfpar.strategies import contract, worker_shards
+from tfpar.strategies.multi_worker import MultiWorker
 
 
 class ModelSplit:
@@ -38,7 +40,9 @@ class ModelSplit:
         consecutive devices, one replica each (stage s of replica r on
         `devices[r * K + s]`); each replica gets an equal share of the
         global batch, and each stage's gradients are summed across the
-        replicas with TensorFlow's collective ops before one update.
+        replicas with TensorFlow's collective ops before one update. Or
+        "workers": in a multi-worker job, each worker trains one replica on
+        its own `devices`, and the sums cross the workers.
 
     Example:
         >>> devices = tfpar.configure_devices(cpu=2)
@@ -57,12 +61,18 @@ class ModelSplit:
         *,
         balance: str | Sequence[int] = "flops",
         device_speeds: Sequence[float] | None = None,
-        data_parallel: int = 1,
+        data_parallel: int | str = 1,
     ):
-        self.devices = devices_lib.resolve(devices)
-        checks.whole_number("data_parallel", data_parallel)
+        self.multi_worker = None
+        if data_parallel == "workers":
+            self.multi_worker = _multi_worker_job()
+            self.devices = _worker_devices(self.multi_worker, devices)
+            self.groups = [self.devices]
+        else:
+            self.devices = devices_lib.resolve(devices)
+            checks.whole_number("data_parallel", data_parallel, meaning=' or "workers"')
+            self.groups = replicas_lib.groups(self.devices, data_parallel)
         self.data_parallel = data_parallel
-        self.groups = replicas_lib.groups(self.devices, data_parallel)
         if isinstance(balance, str) and balance not in costs.KINDS:
             raise ValueError(
                 f"balance must be one of {list(costs.KINDS)} or a list of layer "
@@ -74,6 +84,16 @@ class ModelSplit:
     @property
     def num_stages(self) -> int:
         return len(self.groups[0])
+
+    @property
+    def replicas(self) -> int:
+        """How many pipeline replicas train data parallel (all workers')."""
+        return self.multi_worker.config.num_workers if self.multi_worker else self.data_parallel
+
+    @property
+    def is_chief(self) -> bool:
+        """True on the process that writes checkpoints, logs and models."""
+        return self.multi_worker.is_chief if self.multi_worker else True
 
     def sizes(self, model: keras.Model) -> list[int]:
         """Layers per stage for `model` under this strategy's balance."""
@@ -87,9 +107,9 @@ class ModelSplit:
     # The fit_distributed contract (strategies/contract.py).
 
     def check_fit(self, x, fit_kwargs: dict) -> None:
-        parts = self.microbatches * self.data_parallel
-        what = "micro-batches" if self.data_parallel == 1 else (
-            f"replicas x micro-batches ({self.data_parallel} x {self.microbatches})")
+        parts = self.microbatches * self.replicas
+        what = "micro-batches" if self.replicas == 1 else (
+            f"replicas x micro-batches ({self.replicas} x {self.microbatches})")
         contract.check_divisible(
             x, fit_kwargs, parts, what,
             uneven_note=(
@@ -128,17 +148,62 @@ class ModelSplit:
                 twin, stages(twin, self.groups[0]), microbatches=self.microbatches,
                 schedule=self.schedule, rematerialize=self.rematerialize,
                 record_timeline=self.record_timeline,
-                replicas=[(t, stages(t, g)) for t, g in zip(others, self.groups[1:])])
+                replicas=[(t, stages(t, g)) for t, g in zip(others, self.groups[1:])],
+                workers=self.replicas if self.multi_worker else None,
+                timeout_seconds=self.multi_worker.timeout_seconds if self.multi_worker else None)
 
         return replica.recreate(model, contextlib.nullcontext(), wrap=pipeline,
                                 **placed(self.groups[0]))
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
+        if self.multi_worker:
+            x, y, fit_kwargs = worker_shards.shard_fit(x, y, fit_kwargs, self.multi_worker.config)
         return model.fit(x, y, **fit_kwargs)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(devices={self.devices}, balance={self.balance!r}"
-                + (f", data_parallel={self.data_parallel})" if self.data_parallel > 1 else ")"))
+                + _data_parallel_repr(self.data_parallel) + ")")
+
+
+def _data_parallel_repr(data_parallel) -> str:
+    return "" if data_parallel == 1 else f", data_parallel={data_parallel!r}"
+
+
+def _multi_worker_job():
+    """This worker's MultiWorker strategy, which a launched job makes at
+    import (TensorFlow configures collectives only at start-up)."""
+    strategy = MultiWorker.existing()
+    if strategy is None:
+        raise ValueError(
+            'data_parallel="workers" trains one pipeline replica per worker of a '
+            "multi-worker job, and this process is not one (no MultiWorker strategy was "
+            "made at start-up). Start the program with `python -m tfpar.launch -n N "
+            "--virtual-devices K -- python train.py`, or set TF_CONFIG and create "
+            "tfpar.strategies.MultiWorker(virtual_devices=K) first thing. Received: "
+            f"TF_CONFIG={'set' if os.environ.get('TF_CONFIG') else 'not set'}."
+        )
+    return strategy
+
+
+def _worker_devices(strategy, devices) -> list[str]:
+    """This worker's own devices, by their full names in the cluster."""
+    # MultiWorker's own replica uses one device per worker; a pipeline
+    # replica uses each of the worker's logical devices of that kind.
+    first = strategy.extended.worker_devices[0]
+    prefix, kind = first.split("/device:")[0], first.split("/device:")[1].split(":")[0]
+    own = [d for d in devices_lib.local_devices(kind) if d.startswith(prefix + "/")]
+    if devices is None:
+        return own
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(own):
+            raise ValueError(f"devices={devices} asks for {devices} device(s) of this worker, "
+                             f"which has {len(own)}: {own}. Start the workers with more "
+                             "(--virtual-devices on CPUs).")
+        return own[:devices]
+    wanted = [devices] if isinstance(devices, str) else list(devices)
+    prefix = own[0].split("/device:")[0]
+    return [name if name.startswith("/job:") else prefix + devices_lib.resolve(name)[0]
+            for name in wanted]
 
 
 # What a pipeline runs in place of the model's own methods: overriding one

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfpar import devices as devices_lib
 from tfpar.cluster import peers, startup, tf_config
 from tfpar.strategies import compression as compression_lib
 
@@ -41,6 +42,8 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         fails with an error instead of hanging (a dead or stuck peer); also
         how long to wait for every worker in TF_CONFIG to start (default 300
         s). None lets collectives wait forever.
+      virtual_devices: split each worker's CPU into this many logical devices
+        first (the stages of `GPipe(..., data_parallel="workers")` on CPUs).
 
     Raises:
       ValueError: a malformed TF_CONFIG, a task index out of range, a port
@@ -62,8 +65,14 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         compression: str | None = None,
         bytes_per_pack: int = 0,
         timeout_seconds: float | None = None,
+        virtual_devices: int | None = None,
     ):
         compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
+        if virtual_devices is not None:
+            # Before TensorFlow starts: each worker's CPU as N logical
+            # devices, the stages of a pipeline replica (data_parallel="workers").
+            devices_lib.split_cpus(virtual_devices)
+        self.virtual_devices = virtual_devices
         if timeout_seconds is not None and not timeout_seconds > 0:
             raise ValueError(
                 f"timeout_seconds must be > 0 or None. Received: timeout_seconds={timeout_seconds!r}."
@@ -119,6 +128,11 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         if options is None or _CURRENT:
             return None
         return cls(**options)
+
+    @classmethod
+    def existing(cls) -> "MultiWorker | None":
+        """The process's MultiWorker strategy, or None if none was made."""
+        return _CURRENT[0] if _CURRENT else None
 
     @classmethod
     def current(cls) -> "MultiWorker":
