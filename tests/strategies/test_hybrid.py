@@ -10,6 +10,7 @@ in another order than one device sums the batch's.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfpar
 from tfpar.strategies import GPipe, ModelSplit
@@ -153,3 +154,44 @@ def test_a_second_fit_resumes_from_the_optimizer_state_exactly():
     assert_same_weights(weights_of(model), weights_of(one))
     assert_same_weights([v.numpy() for v in model.optimizer.variables],
                         [v.numpy() for v in one.optimizer.variables])
+
+
+class StepGraph(keras.callbacks.Callback):
+    """The graph of one train step of the pipeline (traced, never run)."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.specs = (tf.TensorSpec((16, *x.shape[1:]), x.dtype), tf.TensorSpec((16,), y.dtype))
+
+    def on_train_end(self, logs=None):
+        self.graph = tf.function(self.model.train_step).get_concrete_function(self.specs).graph
+
+
+def upstream(op) -> set:
+    seen, todo = set(), [op]
+    while todo:
+        current = todo.pop()
+        for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+def test_a_stages_all_reduce_does_not_wait_for_an_earlier_stages_backward():
+    # The last stage's sum may start once its own last backward is done:
+    # nothing upstream of it is stage 0's backward (its gradient ops).
+    x, y = data("mlp")
+    recorder = StepGraph(x, y)
+    tfpar.fit_distributed(build("mlp", "sgd"), x, y, strategy=GPipe(4, microbatches=2, data_parallel=2),
+                          callbacks=[recorder], **FIT)
+    reduces = {op.device[-1]: op for op in recorder.graph.get_operations() if op.type == "CollectiveReduce"}
+    assert sorted(reduces) == ["0", "1", "2", "3"]
+    for last, first in (("1", "0"), ("3", "2")):
+        before = upstream(reduces[last])
+        assert any(op.device.endswith(f"CPU:{first}") for op in before)  # its forward feeds stage 1
+        assert not [op.name for op in before
+                    if op.device.endswith(f"CPU:{first}") and "gradient_tape" in op.name]
+        # ... while stage 0's own sum does wait for its backward.
+        assert any("gradient_tape" in op.name for op in upstream(reduces[first])
+                   if op.device.endswith(f"CPU:{first}"))

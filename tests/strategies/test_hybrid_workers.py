@@ -37,6 +37,26 @@ for kind in ("mlp", "cnn"):
     with open(os.path.join(sys.argv[1], f"history_{{kind}}_{{rank}}.json"), "w") as f:
         json.dump(history.history, f)
 print("devices", strategy.devices)
+
+# Exact resume: both workers stop after step 6 of 12 (the chief has saved
+# step 4), then a fresh model resumes from the checkpoint.
+class Stop(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen = getattr(self, "seen", 0) + 1
+        if self.seen == 6:
+            raise InterruptedError("stopped on purpose")
+
+ckpt = os.path.join(sys.argv[1], "ckpt")
+strategy = lambda: tfpar.strategies.GPipe(2, microbatches=2, data_parallel="workers")
+try:
+    tfpar.fit_distributed(job.model(), *job.data(), strategy=strategy(), callbacks=[Stop()],
+                          checkpoint_dir=ckpt, checkpoint_every=4, **{FIT!r})
+except InterruptedError:
+    print("stopped at step", tfpar.cluster.checkpoint.load(ckpt).step, flush=True)
+model = job.model()
+tfpar.fit_distributed(model, *job.data(), strategy=strategy(), checkpoint_dir=ckpt, checkpoint_every=4,
+                      **{FIT!r})
+np.savez(os.path.join(sys.argv[1], f"weights_resumed_{{rank}}.npz"), *model.get_weights())
 """
 
 
@@ -63,6 +83,10 @@ def test_two_workers_each_a_two_stage_pipeline_train_like_one_process(tmp_path):
         assert histories[0] == histories[1]  # global metrics, the same on both
         for key, values in expected_history.items():
             np.testing.assert_allclose(histories[0][key], values, rtol=1e-5, err_msg=f"{kind} {key}")
+    assert "[worker 0] stopped at step 4" in completed.stdout
+    expected_weights, _ = multi_worker_job.reference("mlp", **FIT)
+    for rank in (0, 1):
+        assert_same_weights(list(np.load(tmp_path / f"weights_resumed_{rank}.npz").values()), expected_weights)
 
 
 def test_workers_outside_a_multi_worker_job_is_a_clear_error():
