@@ -61,7 +61,7 @@ def test_embedding_gradients_are_gathered_exactly_under_adam():
     reference_model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     model = embedding_model()
     tfpar.fit_distributed(model, x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
-                          strategy=GPipe(4, microbatches=2, data_parallel=2))
+                          strategy=GPipe(4, microbatches=2, data_parallel=2, record_timeline=True))
     assert_same_weights(weights_of(model), weights_of(reference_model))
 
 
@@ -195,3 +195,18 @@ def test_a_stages_all_reduce_does_not_wait_for_an_earlier_stages_backward():
         # ... while stage 0's own sum does wait for its backward.
         assert any("gradient_tape" in op.name for op in upstream(reduces[first])
                    if op.device.endswith(f"CPU:{first}"))
+
+
+def test_the_collectives_carry_the_jobs_timeout():
+    # Across workers a dead peer must fail the step after MultiWorker's
+    # timeout_seconds, not hang it: the timeout is on every collective.
+    from tfpar.pipeline.replicas import StageAllReduce
+
+    reduce = StageAllReduce(2, ["/device:CPU:0", "/device:CPU:1"], timeout_seconds=7)
+
+    def step():
+        return reduce([[tf.ones(3)], [tf.ones(3)]])
+
+    graph = tf.function(step).get_concrete_function().graph
+    ops = [op for op in graph.get_operations() if op.type == "CollectiveReduce"]
+    assert len(ops) == 2 and all(op.get_attr("timeout_seconds") == 7.0 for op in ops)
