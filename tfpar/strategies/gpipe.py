@@ -83,6 +83,5 @@ class GPipe(ModelSplit):
         return (
             f"GPipe(devices={self.devices}, microbatches={self.microbatches}, "
             f"balance={self.balance!r}, schedule={self.schedule!r}, "
-            f"rematerialize={self.rematerialize}"
-            + (f", data_parallel={self.data_parallel!r})" if self.data_parallel != 1 else ")")
+            f"rematerialize={self.rematerialize}" + self._data_parallel_repr() + ")"
         )

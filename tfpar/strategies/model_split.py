@@ -162,11 +162,10 @@ class ModelSplit:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(devices={self.devices}, balance={self.balance!r}"
-                + _data_parallel_repr(self.data_parallel) + ")")
+                + self._data_parallel_repr() + ")")
 
-
-def _data_parallel_repr(data_parallel) -> str:
-    return "" if data_parallel == 1 else f", data_parallel={data_parallel!r}"
+    def _data_parallel_repr(self) -> str:
+        return "" if self.data_parallel == 1 else f", data_parallel={self.data_parallel!r}"
 
 
 def _multi_worker_job():
