@@ -108,8 +108,7 @@ class ModelSplit:
 
     def check_fit(self, x, fit_kwargs: dict) -> None:
         parts = self.microbatches * self.replicas
-        what = "micro-batches" if self.replicas == 1 else (
-            f"replicas x micro-batches ({self.replicas} x {self.microbatches})")
+        what = "micro-batches" if self.replicas == 1 else "replicas x micro-batches"
         contract.check_divisible(
             x, fit_kwargs, parts, what,
             uneven_note=(
