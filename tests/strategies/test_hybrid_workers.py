@@ -4,6 +4,7 @@ writes files. Tolerance: float32 round-off (conftest.assert_same_weights).
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,7 @@ for kind in ("mlp", "cnn"):
     with open(os.path.join(sys.argv[1], f"history_{{kind}}_{{rank}}.json"), "w") as f:
         json.dump(history.history, f)
 print("devices", strategy.devices)
+tfpar.describe_placement(job.model(), strategy)
 
 # Exact resume: both workers stop after step 6 of 12 (the chief has saved
 # step 4), then a fresh model resumes from the checkpoint.
@@ -71,6 +73,8 @@ def test_two_workers_each_a_two_stage_pipeline_train_like_one_process(tmp_path):
     assert completed.returncode == 0, completed.stdout[-4000:]
     # Each worker's stages on its own two devices.
     assert "task:1/device:CPU:1" in completed.stdout and "task:0/device:CPU:0" in completed.stdout
+    # Each worker describes its own replica, numbered by its task.
+    assert re.search(r"\[worker 1\] 1 +1 +/job:worker/replica:0/task:1/device:CPU:1", completed.stdout)
     assert (tmp_path / "model_0.keras").exists() and not (tmp_path / "model_1.keras").exists()
     for kind in ("mlp", "cnn"):
         weights = [list(np.load(tmp_path / f"weights_{kind}_{r}.npz").values()) for r in (0, 1)]

@@ -259,23 +259,27 @@ class Placement:
 
 
 def placement_table(model: keras.Model, groups: Sequence[Sequence[str]],
-                    sizes: Sequence[int]) -> Placement:
+                    sizes: Sequence[int], replicas: Sequence[int] | None = None) -> Placement:
     """The placement of `model` with `sizes` layers per stage on each group
-    of devices (one group per pipeline replica): a replica x stage grid."""
+    of devices (one group per pipeline replica): a replica x stage grid.
+    `replicas` numbers the groups (default 0, 1, ...; a worker's own
+    replica across workers); the replica column shows when there are
+    several replicas or they are numbered."""
     ops = layers(model)
     rows = []
-    for replica, devices in enumerate(groups):
+    shown = replicas is not None or len(groups) > 1
+    for replica, devices in zip(replicas if replicas is not None else range(len(groups)), groups):
         start = 0
         for index, (device, size) in enumerate(zip(devices, sizes)):
             members = ops[start : start + size]
             start += size
             span = members[0].name if size == 1 else f"{members[0].name} .. {members[-1].name}"
-            rows.append((replica,) * (len(groups) > 1) + (
+            rows.append((replica,) * shown + (
                 index, device, span, size,
                 f"{sum(costs_lib.params(op) for op in members):,}",
                 f"{sum(costs_lib.flops(op) for op in members):,}",
             ))
-    return Placement(rows, replicas=len(groups) > 1)
+    return Placement(rows, replicas=shown)
 
 
 def _is_on(actual: str, wanted: str) -> bool:

@@ -102,7 +102,9 @@ class ModelSplit:
         )
 
     def describe(self, model: keras.Model) -> placement.Placement:
-        return placement.placement_table(model, self.groups, self.sizes(model))
+        # Across workers, this worker's replica: numbered by its task.
+        own = [self.multi_worker.config.task_index] if self.multi_worker else None
+        return placement.placement_table(model, self.groups, self.sizes(model), own)
 
     # The fit_distributed contract (strategies/contract.py).
 
