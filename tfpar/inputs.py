@@ -56,7 +56,6 @@ def split_validation(x, y, kwargs: dict):
     split = kwargs.pop("validation_split", 0.0) or 0.0
     if not split:
         return x, y, kwargs
-    # As Keras: the last fraction of the samples, before any shuffling.
     at = training_count(int(keras.tree.flatten(x)[0].shape[0]), split)
     head = lambda data: None if data is None else keras.tree.map_structure(lambda a: a[:at], data)  # noqa: E731
     tail = lambda data: None if data is None else keras.tree.map_structure(lambda a: a[at:], data)  # noqa: E731

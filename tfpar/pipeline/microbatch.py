@@ -40,7 +40,6 @@ class MicroBatches:
     """
 
     def __init__(self, flat_x: list, y, sample_weight, parts: int, total=None):
-        self.parts = parts
         self.batch = tf.shape(flat_x[0])[0]
         self.total = self.batch if total is None else total
         extra = tf.maximum(parts - self.batch, 0) if parts > 1 else 0
