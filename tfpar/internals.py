@@ -25,6 +25,7 @@ CHECKED_ON = {"tensorflow": "2.21.0", "keras": "3.15.1"}
 
 __all__ = [
     "CHECKED_ON",
+    "add_control_inputs",
     "added_losses",
     "builds_by_running",
     "call_has_training_arg",
@@ -193,3 +194,12 @@ def per_replica(values: list):
 def mirrored(values: list):
     """A Mirrored value (the same tensor on every replica), as reductions return."""
     return tf_values.Mirrored(values)
+
+
+# --- graphs being traced --------------------------------------------------
+
+
+def add_control_inputs(op, ops: list) -> None:
+    """Makes `op`, already in the graph being traced, also wait for `ops`
+    (`tf.control_dependencies` reaches only ops created inside it)."""
+    op._add_control_inputs(ops)

@@ -32,7 +32,7 @@ STRATEGIES = {
     "ModelSplit(2)": lambda: ModelSplit(2),
     "GPipe(2, M=2, gpipe)": lambda: GPipe(2, microbatches=2),
     "GPipe(2, M=4, 1f1b, remat)": lambda: GPipe(2, microbatches=4, schedule="1f1b", rematerialize=True),
-    "GPipe(2x2, M=2)": lambda: GPipe(4, microbatches=2, data_parallel=2),
+    "GPipe(2x2, M=2, zb1)": lambda: GPipe(4, microbatches=2, data_parallel=2, schedule="zb1"),
 }
 BY_NAME = {idiom.name: idiom for idiom in idioms.IDIOMS}
 # Dropout masks and per-replica / per-micro-batch BatchNormalization

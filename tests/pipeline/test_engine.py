@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tfpar
+from tfpar.pipeline import schedule as schedule_lib
 from tfpar.pipeline import step as step_lib
 from tfpar.strategies import GPipe
 
@@ -29,15 +30,18 @@ def run_with_timeline(schedule, microbatches=4):
 def test_timeline_shows_each_stage_running_its_tasks_in_schedule_order():
     # Start stamps are exact (a task's ops wait for theirs); end stamps may
     # come late, so the order is checked on starts.
-    for name in ("gpipe", "1f1b"):
+    for name in ("gpipe", "1f1b", "zb1"):
         intervals = run_with_timeline(name)
-        assert len(intervals) == 2 * 2 * 4
+        kinds = "FBW" if name == "zb1" else "FB"
+        assert sorted(intervals) == sorted((s, (k, m)) for s in (0, 1) for k in kinds for m in range(4))
         for (stage, (kind, micro)), (start, end) in intervals.items():
             assert end >= start > 0
             if kind == "F" and stage == 1:  # needs stage 0's output
                 assert start > intervals[(0, ("F", micro))][0]
             if kind == "B" and stage == 0:  # needs stage 1's gradient
                 assert start > intervals[(1, ("B", micro))][0]
+            if kind == "W":  # the weight half after the input half
+                assert start > intervals[(stage, ("B", micro))][0]
         for stage in (0, 1):
             starts = [intervals[(s, t)][0] for (s, t) in intervals if s == stage]
             # Chained: a stage starts its tasks one after another, in order.
@@ -49,6 +53,16 @@ def test_1f1b_starts_a_backward_before_the_last_forward_on_stage_0():
     assert intervals[(0, ("B", 0))][0] <= intervals[(0, ("F", 3))][0]
     gpipe = run_with_timeline("gpipe")
     assert gpipe[(0, ("B", 0))][0] > gpipe[(0, ("F", 3))][0]
+
+
+def test_zb1_defers_weight_gradients_past_the_next_forward():
+    # Traced, a W task's ops wait for the task before it in its stage's
+    # sequence: on stage 1, W0 comes after F1 (zb1's order), and its start
+    # stamp, which waits for the ops before it, follows F1's.
+    intervals = run_with_timeline("zb1")
+    sequence = schedule_lib.per_stage("zb1", 2, 4)[1]
+    assert sequence.index(("W", 0)) > sequence.index(("F", 1))
+    assert intervals[(1, ("W", 0))][0] > intervals[(1, ("F", 1))][0]
 
 
 def test_no_timeline_unless_asked():

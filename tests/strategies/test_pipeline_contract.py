@@ -68,13 +68,13 @@ def reference(name, optimizer):
     return weights_of(model), history.history["loss"]
 
 
-# Every M, each with both schedules or rematerialisation on and off across
+# Every M, each with every schedule or rematerialisation on and off across
 # neighbouring M (the conformance catalogue adds every idiom at M = 1, 2, 4).
 CASES = [("split", 1, "gpipe", False)] + [
     ("gpipe", m, schedule, remat)
     for m, schedule, remat in [(1, "gpipe", False), (2, "gpipe", True), (2, "1f1b", False),
-                               (4, "gpipe", False), (4, "1f1b", True), (8, "gpipe", True),
-                               (8, "1f1b", False)]
+                               (4, "gpipe", False), (4, "1f1b", True), (4, "zb1", False),
+                               (8, "gpipe", True), (8, "1f1b", False), (8, "zb1", True)]
 ]
 
 

@@ -6,7 +6,8 @@
 1. splits the batch into M micro-batches (`microbatch.py`);
 2. runs each stage's forward and backward per micro-batch in the order a
    schedule gives (`schedule.py`), each on its stage's device with a tape of
-   its own (`step.py`; with `rematerialize`, `remat.py`);
+   its own (`step.py`; with `rematerialize`, `remat.py`; under "zb1" the
+   backward's weight half deferred, `split_backward.py`);
 3. sums the gradients over micro-batches, checks that exactly the weights
    one device trains got one (`gradients.py`), and applies one optimizer
    update;
@@ -49,6 +50,7 @@ class _Plan:
         self.graph = graphs[0]
         self.microbatches = microbatches
         self.rematerialize = rematerialize
+        self.split = schedule == "zb1"  # backwards as B and W tasks
         self.replica_variables = [list(t.trainable_variables) for t in twins]
         self.variables = [v for group in self.replica_variables for v in group]
         k = len(self.graph.stages)
@@ -254,8 +256,10 @@ class PipelineModel(keras.Model):
                 step.wait_for(local_stage, start)
             if kind == "F":
                 step.forward(local_stage, m)
-            else:
+            elif kind == "B":
                 step.backward(local_stage, m)
+            else:
+                step.weights(local_stage, m)
             if timeline is not None:
                 stamps.append(tf.stack([start, timeline_lib.stamp(device, step.last[local_stage])]))
         plan.replica = 0

@@ -23,23 +23,39 @@ most K-s micro-batches, with the same arithmetic and the same result:
     stage 0 | F0 F1 F2 .  .  .  .  B0 B0 F3 B1 B1 .  B2 B2 .  B3 B3
     stage 1 | .  F0 F1 .  .  B0 B0 F2 B1 B1 F3 B2 B2 .  B3 B3 .  .
     stage 2 | .  .  F0 B0 B0 F1 B1 B1 F2 B2 B2 F3 B3 B3 .  .  .  .
+
+Zero bubble ("zb1", ZB-H1 of Qi et al., 2024) splits each backward in two:
+B, the gradient of the stage's inputs, which the stage upstream waits for,
+and W, the gradient of its weights, which nobody waits for. B runs as soon
+as it can; W fills the slots where the stage would otherwise wait. Each
+stage holds at most K micro-batches (the most 1F1B's first stage holds),
+and the idle share falls from 1F1B's (K-1)/(M+K-1). Stage 0 has no input
+gradient to send: its B is empty (not drawn) and its W the whole backward.
+
+    >>> print(render(per_stage("zb1", 2, 4)))
+    stage 0 | F0 F1 .  B0 W0 B1 F2 W1 F3 B2 W2 B3 W3
+    stage 1 | .  F0 B0 F1 B1 W0 W1 F2 B2 F3 B3 W2 W3
+    >>> round(ideal_bubble(per_stage("1f1b", 2, 8)), 3), round(ideal_bubble(per_stage("zb1", 2, 8)), 3)
+    (0.111, 0.04)
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-SCHEDULES = ("gpipe", "1f1b")
+SCHEDULES = ("gpipe", "1f1b", "zb1")
 
 
-# Task kinds: a micro-batch's forward and backward, and (data-parallel
+# Task kinds: a micro-batch's forward and backward ("zb1": the backward's
+# input-gradient half, W its weight-gradient half), and (data-parallel
 # pipeline replicas) the stage's gradient all-reduce, after its last backward.
-KINDS = ("F", "B", "A")
+KINDS = ("F", "B", "W", "A")
 
 
 class Task(NamedTuple):
-    """One pass of one micro-batch on a stage: a forward ("F") or a
-    backward ("B"); or the stage's gradient all-reduce ("A", micro 0) when
+    """One pass of one micro-batch on a stage: a forward ("F"), a backward
+    ("B"; under "zb1" only its input gradients, "W" its weight gradients);
+    or the stage's gradient all-reduce ("A", micro 0) when
     pipeline replicas train data parallel. Still a tuple, so ("F", 3)
     compares equal; prints as "F3" and parses back.
 
@@ -61,7 +77,7 @@ class Task(NamedTuple):
           ValueError: not a kind (F, B or A) followed by a micro-batch index.
         """
         if len(text) < 2 or text[0] not in KINDS or not text[1:].isdigit():
-            raise ValueError(f'A task is "F", "B" or "A" and a micro-batch index, e.g. "F3". '
+            raise ValueError(f'A task is "F", "B", "W" or "A" and a micro-batch index, e.g. "F3". '
                              f"Received: {text!r}.")
         return cls(text[0], int(text[1:]))
 
@@ -79,6 +95,8 @@ def per_stage(schedule: str, num_stages: int, num_microbatches: int) -> list[lis
             raise ValueError(f"{name} must be a whole number >= 1. Received: {value!r}.")
     if schedule == "gpipe":
         return [_gpipe(num_microbatches) for _ in range(num_stages)]
+    if schedule == "zb1":
+        return _zero_bubble(num_stages, num_microbatches)
     return [_one_f_one_b(s, num_stages, num_microbatches) for s in range(num_stages)]
 
 
@@ -96,11 +114,48 @@ def _one_f_one_b(stage: int, k: int, m: int) -> list[Task]:
     return tasks
 
 
+def _zero_bubble(k: int, m: int) -> list[list[Task]]:
+    # List scheduling on the unit clock: whenever a stage is free it starts,
+    # of the tasks whose inputs exist, the one that starts earliest; on a
+    # tie a B (someone upstream waits for it), then an F (unless the stage
+    # already holds K micro-batches' activations, freed by their W), then a
+    # W (nobody waits for it).
+    sequences = [[] for _ in range(k)]
+    done: dict[tuple[int, Task], int] = {}
+    free_at = [0] * k
+    count = [{"F": 0, "B": 0, "W": 0} for _ in range(k)]
+    priority = {"B": 0, "F": 1, "W": 2}
+    for _ in range(3 * k * m):
+        best = None
+        for stage in range(k):
+            n = count[stage]
+            options = []
+            if n["B"] < n["F"]:
+                options.append(Task("B", n["B"]))
+            if n["F"] < m and n["F"] - n["W"] < k:
+                options.append(Task("F", n["F"]))
+            if n["W"] < n["B"]:
+                options.append(Task("W", n["W"]))
+            for task in options:
+                needs = task_needs(stage, task, chain(k))
+                if all(need in done for need in needs):
+                    start = max([free_at[stage]] + [done[need] for need in needs])
+                    key = (start, priority[task.kind], stage)
+                    if best is None or key < best[0]:
+                        best = (key, stage, task)
+        (start, _, _), stage, task = best
+        done[(stage, task)] = free_at[stage] = start + ticks(task, True, stage)
+        count[stage][task.kind] += 1
+        sequences[stage].append(task)
+    return sequences
+
+
 def emission_order(sequences: list[list[Task]]) -> list[tuple[int, Task]]:
     """A global order of (stage, task) that respects every dependency.
 
     F(m) on stage s needs F(m) on s-1; B(m) on s needs B(m) on s+1 (and F(m)
-    on s, earlier in s's own sequence); each stage keeps its own order. The
+    on s, earlier in s's own sequence); W(m), B(m) on s; each stage keeps its
+    own order. The
     order follows the ideal clock (`clock`), so emission tracks execution.
 
     Raises:
@@ -109,14 +164,17 @@ def emission_order(sequences: list[list[Task]]) -> list[tuple[int, Task]]:
     return [(stage, task) for _, stage, task in clock(sequences)]
 
 
-def clock(sequences: list[list[Task]], forward_ticks: int = 1, backward_ticks: int = 2):
+def clock(sequences: list[list[Task]]):
     """Simulates the schedule with unit task costs; returns (start, stage, task).
 
-    Each stage starts its next task as soon as that task's inputs exist and
-    the stage is free: the ideal timeline the graph chaining reproduces.
+    A forward takes one tick and a backward two, or one each for its B and
+    W halves when split. Each stage starts its next task as soon as that
+    task's inputs exist and the stage is free: the ideal timeline the graph
+    chaining reproduces.
     """
     k = len(sequences)
     feeds = chain(k)
+    split = is_split(sequences)
     position = [0] * k
     free_at = [0] * k
     done: dict[tuple[int, Task], int] = {}
@@ -135,7 +193,7 @@ def clock(sequences: list[list[Task]], forward_ticks: int = 1, backward_ticks: i
         if not ready:
             raise ValueError(f"The schedule deadlocks: stages stuck at {position} in {sequences}.")
         start, stage, task = min(ready)
-        end = start + _ticks(task, forward_ticks, backward_ticks)
+        end = start + ticks(task, split, stage)
         done[(stage, task)] = end
         free_at[stage] = end
         position[stage] += 1
@@ -163,6 +221,8 @@ def task_needs(stage: int, task: Task, feeds: list[list[int]]) -> list[tuple[int
     kind, micro = task
     if kind == "A":  # after the stage's own last backward: its previous task
         return []
+    if kind == "W":
+        return [(stage, Task("B", micro))]
     if kind == "F":
         return [(source, Task("F", micro)) for source in feeds[stage]]
     readers = [reader for reader, sources in enumerate(feeds) if stage in sources]
@@ -170,18 +230,47 @@ def task_needs(stage: int, task: Task, feeds: list[list[int]]) -> list[tuple[int
 
 
 def render(sequences: list[list[Task]]) -> str:
-    """Draws the ideal timeline of `sequences` as one text row per stage."""
+    """Draws the ideal timeline of `sequences` as one text row per stage
+    (a task of no length, stage 0's B under "zb1", is not drawn)."""
     events = clock(sequences)
-    ticks = max(start + _ticks(task) for start, _, task in events)
-    rows = [[".  "] * ticks for _ in sequences]
+    split = is_split(sequences)
+    length = max(start + ticks(task, split, stage) for start, stage, task in events)
+    rows = [[".  "] * length for _ in sequences]
     for start, stage, task in events:
-        for tick in range(start, start + _ticks(task)):
+        for tick in range(start, start + ticks(task, split, stage)):
             rows[stage][tick] = f"{str(task):<3}"
     return "\n".join(f"stage {i} | " + "".join(row).rstrip() for i, row in enumerate(rows))
 
 
-def _ticks(task: Task, forward_ticks: int = 1, backward_ticks: int = 2) -> int:
-    return forward_ticks if task[0] == "F" else backward_ticks
+def is_split(sequences: list[list[Task]]) -> bool:
+    """Whether the backwards are split into B and W tasks ("zb1")."""
+    return any(task[0] == "W" for sequence in sequences for task in sequence)
+
+
+def ticks(task: Task, split: bool = False, stage: int = 1) -> int:
+    """A task's length on the unit clock: a forward 1, a whole backward 2,
+    a split backward's B and W 1 each, except on stage 0: the model's inputs
+    need no gradient, so its B is empty and its W the whole backward."""
+    if task[0] == "F" or not split:
+        return 1 if task[0] == "F" else 2
+    if stage == 0:
+        return 0 if task[0] == "B" else 2
+    return 1
+
+
+def ideal_bubble(sequences: list[list[Task]]) -> float:
+    """The idle share of the step on the unit clock: 1 - busy / (K x span).
+
+    For "gpipe" and "1f1b" it is (K-1)/(M+K-1) (`bubble_fraction`).
+
+    >>> ideal_bubble(per_stage("gpipe", 4, 4)) == bubble_fraction(4, 4)
+    True
+    """
+    events = clock(sequences)
+    split = is_split(sequences)
+    span = max(start + ticks(task, split, stage) for start, stage, task in events)
+    busy = sum(ticks(task, split, stage) for _, stage, task in events)
+    return 1.0 - busy / (len(sequences) * span)
 
 
 def bubble_fraction(num_stages: int, num_microbatches: int) -> float:
@@ -195,9 +284,11 @@ def ideal_speedup(num_stages: int, num_microbatches: int) -> float:
 
 
 def max_in_flight(sequence: list[Task]) -> int:
-    """Most micro-batches whose forward ran but backward did not, at once."""
+    """Most micro-batches whose forward ran but backward did not, at once
+    (split backwards: whose W did not; a B alone frees nothing)."""
+    release = "W" if any(task[0] == "W" for task in sequence) else "B"
     live = peak = 0
     for kind, _ in sequence:
-        live += {"F": 1, "B": -1}.get(kind, 0)
+        live += 1 if kind == "F" else -1 if kind == release else 0
         peak = max(peak, live)
     return peak

@@ -8,8 +8,12 @@ outputs' gradients from the stages that read them (`output_gradients`): one
 tape around the whole model would leave the gradient ops unplaced and
 serialise the pipeline.
 
-The engine (`engine.PipelineModel.train_step`) calls `forward` and
-`backward` in the schedule's order, then applies `gradients()`.
+Under "zb1" the backward is two tasks: `backward` computes the gradients
+the stage upstream waits for, `weights` releases the weight gradients,
+computed by the same tape call but held back until then (`split_backward.py`).
+
+The engine (`engine.PipelineModel.train_step`) calls `forward`, `backward`
+and `weights` in the schedule's order, then applies `gradients()`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfpar.pipeline import remat
+from tfpar.pipeline import remat, split_backward
 from tfpar.pipeline.microbatch import MicroBatches
 from tfpar.pipeline.stage_calls import (added_losses, differentiable, differentiable_keyed,
                                         loss_sources, run)
@@ -38,6 +42,7 @@ class Step:
         plan = model.plan
         self.replica = replica
         self.graph, self.rematerialize = plan.graphs[replica], plan.rematerialize
+        self.split = plan.split
         self.variables = plan.replica_variables[replica]
         self.micro = micro
         self.micros = list(range(first, first + plan.microbatches))  # local index -> global
@@ -45,6 +50,7 @@ class Step:
         # (tensor key, source kind) -> gradient, per micro-batch.
         self.grad_env = [{} for _ in self.env]
         self.saved = {}  # (stage, micro) -> tape and tensors for its backward
+        self.pending = {}  # (stage, micro) -> its weight gradients, until its W task
         self.last = {}  # stage -> tensors of its previous task, to chain on
         self.sums = plan.gradient_sum
         self.total_loss = 0.0
@@ -58,6 +64,8 @@ class Step:
         prev = list(self.last.get(index, []))
         if kind == "F":
             return prev + [self.env[micro][k] for k in stage.input_keys]
+        if kind == "W":
+            return prev
         return prev + [g for k in stage.output_keys for g in _upstream(self.grad_env[micro], k)]
 
     def wait_for(self, index: int, tensor) -> None:
@@ -118,14 +126,36 @@ class Step:
                 upstream.append(self.model.optimizer.scale_loss(self._share(micro, added.dtype)))
             if not targets:
                 return
-            keys, sources = differentiable_keyed(stage.input_keys, inputs)
-            grads = tape.gradient(targets, sources + list(variables), output_gradients=upstream)
-            for key, grad in zip(keys, grads[: len(sources)]):
-                if key not in self.graph.input_keys:  # model inputs need no gradient
-                    _add(grad_env, (key, "value"), grad)
-            for variable, grad in zip(variables, grads[len(sources):]):
+            # The model's own inputs need no gradient: not asking for one
+            # saves the first layer's input-gradient product.
+            inner = [i for i, k in enumerate(stage.input_keys) if k not in self.graph.input_keys]
+            keys, sources = differentiable_keyed([stage.input_keys[i] for i in inner],
+                                                 [inputs[i] for i in inner])
+            if self.split:
+                input_grads, weight_grads, deferred = split_backward.gradients(
+                    tape, targets, sources, list(variables), upstream)
+                self.pending[(index, micro)] = (variables, weight_grads, deferred)
+            else:
+                grads = tape.gradient(targets, sources + list(variables), output_gradients=upstream)
+                input_grads, weight_grads = grads[: len(sources)], grads[len(sources):]
+                for variable, grad in zip(variables, weight_grads):
+                    self.sums.add(variable, grad)
+            for key, grad in zip(keys, input_grads):
+                _add(grad_env, (key, "value"), grad)
+        done = input_grads if self.split else list(input_grads) + list(weight_grads)
+        self.last[index] = _dense(done) or self.last.get(index, [])
+
+    def weights(self, index: int, micro: int) -> None:
+        """The W task of a split backward: the weight gradients of `micro`."""
+        if (index, micro) not in self.pending:
+            return  # its backward had nothing to differentiate
+        variables, grads, deferred = self.pending.pop((index, micro))
+        if deferred is not None:
+            deferred.release_after(self.last.get(index, []))
+        with tf.device(self.graph.stages[index].device):
+            for variable, grad in zip(variables, grads):
                 self.sums.add(variable, grad)
-        self.last[index] = [g for g in grads if g is not None] or self.last.get(index, [])
+        self.last[index] = _dense(grads) or self.last.get(index, [])
 
     def _loss(self, micro: int) -> list:
         graph = self.graph
@@ -169,6 +199,11 @@ class Step:
     def outputs(self) -> list:
         """Per model output, this replica's micro-batches' tensors, in order."""
         return [[env[k] for env in self.env] for k in self.graph.output_keys]
+
+
+def _dense(grads) -> list:
+    """The tensors of a list of gradients, to chain the next task on."""
+    return [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
 
 
 def _upstream(grad_env: dict, key) -> list:

@@ -112,15 +112,22 @@ def measured_bubble(tasks: list[Interval]) -> float:
 
 
 def ideal_bubble(tasks: list[Interval], num_stages: int | None = None) -> float:
-    """(K-1)/(M+K-1) for the micro-batches in `tasks` and K stages: `num_stages`,
-    or every stage in `tasks` (give K for replicas of a K-stage pipeline).
+    """The bubble of the schedule the tasks ran, on its ideal clock
+    (`schedule.ideal_bubble`): (K-1)/(M+K-1) for "gpipe" and "1f1b", less
+    for "zb1". The schedule is read from the tasks: each stage's F, B and W
+    tasks in the order they were issued. With `num_stages` K, only the
+    first K stages are read (replicas of a K-stage pipeline run the same
+    schedule).
 
     Example:
         >>> ideal_bubble([Interval(0, "F", m, m, m + 1) for m in range(3)] + [Interval(1, "F", 0, 1, 2)])
         0.25
     """
     k = num_stages or len({t.stage for t in tasks})
-    return schedule_lib.bubble_fraction(k, len({t.micro for t in tasks if t.kind in ("F", "B")}))
+    stages = sorted({t.stage for t in tasks})[:k]
+    sequences = [[schedule_lib.Task(t.kind, t.micro) for t in tasks
+                  if t.stage == stage and t.kind in ("F", "B", "W")] for stage in stages]
+    return schedule_lib.ideal_bubble(sequences)
 
 
 def chrome_trace(tasks: list[Interval], devices=None) -> dict:
@@ -157,7 +164,8 @@ def write_chrome_trace(tasks: list[Interval], path: str, devices=None) -> str:
 def plot(tasks: list[Interval], path: str, *, title: str | None = None, devices=None) -> str:
     """Draws the tasks as a Gantt chart (a row per stage) into a PNG file.
 
-    Forward tasks are blue, backward orange, each labelled with its
+    Forward tasks are blue, backward orange (under "zb1" its weight half W
+    red), all-reduces green, each labelled with its
     micro-batch; the title gives the measured and ideal bubble.
 
     Returns:
@@ -172,7 +180,7 @@ def plot(tasks: list[Interval], path: str, *, title: str | None = None, devices=
     figure, axes = pyplot.subplots(figsize=(10, 0.6 * len(stages) + 1.4))
     for t in tasks:
         milliseconds = (t.start * 1e3, (t.end - t.start) * 1e3)
-        color = {"F": "tab:blue", "B": "tab:orange"}.get(t.kind, "tab:green")  # A: all-reduce
+        color = _COLORS.get(t.kind, "tab:green")  # A: all-reduce
         axes.broken_barh([milliseconds], (t.stage - 0.4, 0.8), facecolors=color, edgecolors="white")
         axes.text(milliseconds[0] + milliseconds[1] / 2, t.stage, f"{t.kind}{t.micro}",
                   ha="center", va="center", fontsize=7, color="white", clip_on=True)
@@ -182,7 +190,7 @@ def plot(tasks: list[Interval], path: str, *, title: str | None = None, devices=
     axes.invert_yaxis()
     axes.set_xlabel("milliseconds since the step began")
     axes.set_title(title or (f"measured bubble {measured_bubble(tasks):.2f}, "
-                             f"ideal (K-1)/(M+K-1) = {ideal_bubble(tasks):.2f}"), fontsize=10)
+                             f"the schedule's ideal {ideal_bubble(tasks):.2f}"), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
@@ -212,7 +220,7 @@ class PipelineTimeline(keras.callbacks.Callback):
         >>> timeline = PipelineTimeline(png="step.png", trace="step.json")
         >>> history = tfpar.fit_distributed(model, x, y, batch_size=256, callbacks=[timeline],
         ...     strategy=tfpar.strategies.GPipe(2, microbatches=8, record_timeline=True), verbose=0)
-        pipeline timeline of the last step: measured bubble ..., ideal (K-1)/(M+K-1) 0.111; ...
+        pipeline timeline of the last step: measured bubble ..., the schedule's ideal 0.111; ...
     """
 
     def __init__(self, png: str | None = None, trace: str | None = None, verbose: bool = True):
@@ -259,17 +267,18 @@ class PipelineTimeline(keras.callbacks.Callback):
         devices = [stage.device for stage in self.model.stages]
         if self.png:
             plot(self.tasks, self.png, devices=devices,
-                 title=f"measured bubble {self.bubble:.2f}, ideal (K-1)/(M+K-1) = {self.ideal_bubble:.2f}")
+                 title=f"measured bubble {self.bubble:.2f}, the schedule's ideal {self.ideal_bubble:.2f}")
         if self.trace:
             write_chrome_trace(self.tasks, self.trace, devices)
         if self.verbose:
             written = ", ".join(p for p in (self.png, self.trace) if p)
             print(f"pipeline timeline of the last step: measured bubble {self.bubble:.3f}, "
-                  f"ideal (K-1)/(M+K-1) {self.ideal_bubble:.3f}"
+                  f"the schedule's ideal {self.ideal_bubble:.3f}"
                   + (f"; wrote {written}" if written else ""))
 
 
-_KIND_NAMES = {"F": "forward", "B": "backward", "A": "all-reduce"}
+_KIND_NAMES = {"F": "forward", "B": "backward", "W": "weight gradients", "A": "all-reduce"}
+_COLORS = {"F": "tab:blue", "B": "tab:orange", "W": "tab:red"}
 
 
 def _union_length(spans: list[tuple[float, float]]) -> float:

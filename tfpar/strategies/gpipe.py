@@ -24,9 +24,12 @@ class GPipe(ModelSplit):
         ideal speedup over `ModelSplit` is K*M/(M+K-1) for K stages (rule of
         thumb: M >= 4K).
       balance: "flops" | "params" | "time" | a list of layer counts.
-      schedule: "gpipe" (all forwards, then all backwards) or "1f1b"
+      schedule: "gpipe" (all forwards, then all backwards), "1f1b"
         (PipeDream-flush: stage s holds at most K-s micro-batches'
-        activations instead of M); the result is the same.
+        activations instead of M) or "zb1" (zero bubble, ZB-H1: each
+        backward split into its input half B, sent upstream at once, and
+        its weight half W, run where the stage would wait; each stage holds
+        at most K micro-batches); the result is the same.
       rematerialize: keep only each stage's boundary activations and
         recompute the rest during the backward pass, trading compute for
         memory.
