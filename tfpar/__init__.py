@@ -12,6 +12,7 @@ from tfpar import datasets, models, strategies
 from tfpar.describe import describe_placement
 from tfpar.devices import configure_devices
 from tfpar.fit import fit_distributed
+from tfpar.inference import evaluate_distributed, predict_distributed
 from tfpar.pipeline import timeline
 
 # Modules that moved into the pipeline and cluster packages keep their old
@@ -37,8 +38,10 @@ __all__ = [
     "configure_devices",
     "datasets",
     "describe_placement",
+    "evaluate_distributed",
     "fit_distributed",
     "models",
+    "predict_distributed",
     "strategies",
     "timeline",
 ]

@@ -78,15 +78,15 @@ def fit_distributed(
     replica.check_compiled(model)
     _check_fit_args(fit_kwargs)
     _check_checkpointing(checkpoint_dir, checkpoint_every, x, fit_kwargs)
-    strategy = _strategy_for(model, strategy)
+    strategy = strategy_for(model, strategy)
     inputs.check_not_empty(x)
     inputs.check_shapes(model, x)
     runner = contract.for_strategy(strategy)
     runner.check_fit(x, fit_kwargs)
     writer = getattr(strategy, "is_chief", True)
-    home = _home_strategy(model) is strategy
+    home = home_strategy(model) is strategy
     if not home:
-        _build_from_data(model, x)
+        build_from_data(model, x)
     state = checkpoint.load(checkpoint_dir) if checkpoint_dir else None
     if state is not None:
         checkpoint.restore(model, state)
@@ -134,7 +134,7 @@ def _check_checkpointing(directory, every, x, fit_kwargs: dict) -> None:
         )
 
 
-def _build_from_data(model: keras.Model, x) -> None:
+def build_from_data(model: keras.Model, x) -> None:
     """Builds an unbuilt Sequential from the data's shape, as `model.fit`
     does on its first batch: its own initializers then draw the initial
     weights, which the twin copies (a clone's initializers draw others)."""
@@ -145,13 +145,13 @@ def _build_from_data(model: keras.Model, x) -> None:
         model.build((None, *shapes[0][1:]))
 
 
-def _home_strategy(model: keras.Model):
+def home_strategy(model: keras.Model):
     """The strategy whose scope built `model`, or None."""
     return internals.home_strategy(model)
 
 
-def _strategy_for(model: keras.Model, requested) -> tf.distribute.Strategy:
-    home = _home_strategy(model)
+def strategy_for(model: keras.Model, requested) -> tf.distribute.Strategy:
+    home = home_strategy(model)
     if home is None:
         return registry.resolve(requested)
     if requested is home:

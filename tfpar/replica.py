@@ -54,10 +54,11 @@ def recreate(
     call_function: Callable | None = None,
     wrap: Callable[[keras.Model], keras.Model] | None = None,
 ) -> keras.Model:
-    """Returns a compiled twin of `model` whose variables live in `scope`.
+    """Returns a twin of `model` whose variables live in `scope`, compiled
+    like `model` (an uncompiled model's twin, for prediction, is not).
 
     Args:
-      model: the caller's compiled model.
+      model: the caller's model.
       scope: where the twin's variables are created (a strategy's scope).
       clone_function: builds each layer's twin (placement passes one that
         creates each layer's variables on its stage's device).
@@ -71,6 +72,8 @@ def recreate(
     with scope:
         twin = clone(model, clone_function, call_function)
         trained = wrap(twin) if wrap else twin
+        if not getattr(model, "compiled", False):
+            return trained  # for prediction, which needs no compile
         trained.compile(optimizer=_fresh_optimizer(model.optimizer), **_compile_args(model))
         if model.optimizer.built:
             trained.optimizer.build(trained.trainable_variables)

@@ -20,5 +20,14 @@ for index, idiom in enumerate(idioms.IDIOMS):
     history = tfpar.fit_distributed(model, x, y, strategy="multi_worker", **idiom.fit_kwargs(extra))
     evaluated = idioms.evaluate(model, x, y)
     np.savez(os.path.join(out, f"{index}_{rank}.npz"), *model.get_weights())
+    result = {"history": history.history, "evaluate": {k: float(v) for k, v in evaluated.items()}}
+    if index == 0:  # inference under MultiWorker, against the trained model on one device
+        predicted = tfpar.predict_distributed(model, x, strategy="multi_worker", batch_size=24, verbose=0)
+        reference = model.evaluate(x, y, batch_size=24, verbose=0, return_dict=True)
+        distributed = tfpar.evaluate_distributed(model, x, y, strategy="multi_worker", batch_size=24,
+                                                 verbose=0, return_dict=True)
+        result["inference"] = {
+            "predict": float(np.abs(predicted - model.predict(x, verbose=0)).max()),
+            "evaluate": max(abs(float(distributed[k]) - float(v)) for k, v in reference.items())}
     with open(os.path.join(out, f"{index}_{rank}.json"), "w") as f:
-        json.dump({"history": history.history, "evaluate": {k: float(v) for k, v in evaluated.items()}}, f)
+        json.dump(result, f)

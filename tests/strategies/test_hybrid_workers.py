@@ -37,6 +37,14 @@ for kind in ("mlp", "cnn"):
     np.savez(os.path.join(sys.argv[1], f"weights_{{kind}}_{{rank}}.npz"), *model.get_weights())
     with open(os.path.join(sys.argv[1], f"history_{{kind}}_{{rank}}.json"), "w") as f:
         json.dump(history.history, f)
+    if kind == "mlp":  # pipelined inference across the workers, against one device
+        x, y = job.data(kind)
+        predicted = tfpar.predict_distributed(model, x, strategy=strategy, batch_size=30, verbose=0)
+        evaluated = tfpar.evaluate_distributed(model, x, y, strategy=strategy, batch_size=30, verbose=0)
+        with open(os.path.join(sys.argv[1], f"inference_{{rank}}.json"), "w") as f:
+            json.dump({{"predict": float(np.abs(predicted - model.predict(x, verbose=0)).max()),
+                       "evaluate": float(np.abs(np.subtract(evaluated, model.evaluate(
+                           x, y, batch_size=30, verbose=0))).max())}}, f)
 print("devices", strategy.devices)
 tfpar.describe_placement(job.model(), strategy)
 
@@ -76,6 +84,9 @@ def test_two_workers_each_a_two_stage_pipeline_train_like_one_process(tmp_path):
     # Each worker describes its own replica, numbered by its task.
     assert re.search(r"\[worker 1\] 1 +1 +/job:worker/replica:0/task:1/device:CPU:1", completed.stdout)
     assert (tmp_path / "model_0.keras").exists() and not (tmp_path / "model_1.keras").exists()
+    for rank in (0, 1):  # float32 round-off; the last batch of 30 is 16 rows
+        inference = json.loads((tmp_path / f"inference_{rank}.json").read_text())
+        assert inference["predict"] < 1e-5 and inference["evaluate"] < 1e-5, inference
     for kind in ("mlp", "cnn"):
         weights = [list(np.load(tmp_path / f"weights_{kind}_{r}.npz").values()) for r in (0, 1)]
         histories = [json.loads((tmp_path / f"history_{kind}_{r}.json").read_text()) for r in (0, 1)]

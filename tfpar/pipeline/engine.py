@@ -13,7 +13,8 @@
    update;
 4. with `record_timeline`, stamps each task's start and end (`timeline.py`).
 
-Inference (`evaluate`, `predict`) runs the stages in order on the whole batch.
+Inference (`evaluate`, `predict`, validation) pipelines the forward pass
+alone: each batch cut into M micro-batches flowing through the stages.
 
 Example:
     >>> strategy = tfpar.strategies.GPipe(2, microbatches=4)
@@ -57,6 +58,11 @@ class _Plan:
         base = schedule_lib.emission_order(schedule_lib.per_stage(schedule, k, microbatches))
         # A task's stage is r * K + s for stage s of replica r.
         self.order = [(r * k + s, task) for r in range(len(graphs)) for s, task in base]
+        # Inference runs the forwards alone, in the order of the forward
+        # pass of a fill-drain pipeline.
+        forwards = schedule_lib.emission_order(schedule_lib.per_stage("gpipe", k, microbatches))
+        self.forward_order = [(r * k + s, task) for r in range(len(graphs))
+                              for s, task in forwards if task.kind == "F"]
         group = workers or len(graphs)
         self.all_reduce = None
         if group > 1:
@@ -204,13 +210,29 @@ class PipelineModel(keras.Model):
         return self.twin.save_weights(filepath, *args, **kwargs)
 
     def call(self, inputs, training=False):
-        graph = self._plan.graph
-        env = dict(zip(graph.input_keys, internals.standardize_inputs(graph.view, inputs)))
-        for stage in graph.stages:
-            with tf.device(stage.device):
-                outputs = stage_calls.run(stage, [env[k] for k in stage.input_keys], training)
+        """The model's outputs, the batch pipelined: cut into M micro-batches
+        per replica that flow through the stages concurrently, each stage
+        running its micro-batches in order (what evaluate, predict and
+        validation run)."""
+        plan = self._plan
+        graph, k, m = plan.graph, len(plan.graph.stages), plan.microbatches
+        flat = internals.standardize_inputs(graph.view, inputs)
+        micro = MicroBatches(flat, None, None, m * len(plan.graphs))
+        # Micro-batch i goes to replica i // M, whose graph names its tensors.
+        owners = [plan.graphs[i // m] for i in range(m * len(plan.graphs))]
+        envs = [dict(zip(owner.input_keys, micro.x[i])) for i, owner in enumerate(owners)]
+        last = {}
+        for stage_index, (_, i) in plan.forward_order:
+            replica, local = divmod(stage_index, k)
+            stage, env = plan.graphs[replica].stages[local], envs[replica * m + i]
+            with tf.device(stage.device), tf.control_dependencies(last.get(stage_index, [])):
+                outputs = stage_calls.run(stage, [env[key] for key in stage.input_keys], training)
             env.update(zip(stage.output_keys, outputs))
-        return keras.tree.pack_sequence_as(graph.output_struct, [env[k] for k in graph.output_keys])
+            last[stage_index] = outputs
+        with tf.device(plan.graphs[-1].stages[-1].device):
+            flat_out = [micro.merge([env[owner.output_keys[o]] for env, owner in zip(envs, owners)])
+                        for o in range(len(graph.output_keys))]
+        return keras.tree.pack_sequence_as(graph.output_struct, flat_out)
 
     @property
     def losses(self):

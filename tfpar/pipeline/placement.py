@@ -59,7 +59,9 @@ def functional_view(model: keras.Model) -> keras.Model:
     """
     if isinstance(model, keras.Sequential):
         try:
-            return keras.Model(model.inputs, model.outputs, name=model.name)
+            # One output, as a tensor, not a list of one: a Sequential's
+            # call returns its tensor, and so must the pipeline's.
+            return keras.Model(model.inputs, model.outputs[0], name=model.name)
         except (AttributeError, ValueError) as error:
             raise _no_graph(model, "it is not built from an Input") from error
     if internals.is_functional(model):

@@ -1,10 +1,10 @@
 """The small contract every strategy meets inside `fit_distributed`.
 
 A strategy object knows how to check the fit arguments against its layout,
-recreate the caller's model for training, and run Keras' fit on what it
-recreated. tfpar's own strategies that are not `tf.distribute` strategies
-(ModelSplit, GPipe) implement these three methods; `for_strategy` adapts
-any `tf.distribute.Strategy` to them.
+recreate the caller's model, and run Keras' fit, predict and evaluate on
+what it recreated. tfpar's own strategies that are not `tf.distribute`
+strategies (ModelSplit, GPipe) implement these methods; `for_strategy`
+adapts any `tf.distribute.Strategy` to them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ class Runner(Protocol):
     def recreate(self, model: keras.Model) -> keras.Model: ...
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History: ...
+
+    def predict(self, model: keras.Model, x, predict_kwargs: dict): ...
+
+    def evaluate(self, model: keras.Model, x, y, evaluate_kwargs: dict): ...
 
 
 def for_strategy(strategy) -> Runner:
@@ -84,3 +88,11 @@ class _Distribute:
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         with self.strategy.scope(), equal_shares(model, self.strategy):
             return model.fit(x, y, **fit_kwargs)
+
+    def predict(self, model: keras.Model, x, predict_kwargs: dict):
+        with self.strategy.scope():
+            return model.predict(x, **predict_kwargs)
+
+    def evaluate(self, model: keras.Model, x, y, evaluate_kwargs: dict):
+        with self.strategy.scope(), equal_shares(model, self.strategy):
+            return model.evaluate(x, y, **evaluate_kwargs)

@@ -161,6 +161,17 @@ class ModelSplit:
             x, y, fit_kwargs = worker_shards.shard_fit(x, y, fit_kwargs, self.multi_worker.config)
         return model.fit(x, y, **fit_kwargs)
 
+    def predict(self, model: keras.Model, x, predict_kwargs: dict):
+        # Across workers each predicts every sample on its own replica:
+        # prediction needs nothing from the others.
+        return model.predict(x, **predict_kwargs)
+
+    def evaluate(self, model: keras.Model, x, y, evaluate_kwargs: dict):
+        if self.multi_worker:  # each its rows; the test step gathers the batch
+            x, y, evaluate_kwargs = worker_shards.shard_fit(
+                x, y, evaluate_kwargs, self.multi_worker.config)
+        return model.evaluate(x, y, **evaluate_kwargs)
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(devices={self.devices}, balance={self.balance!r}"
                 + self._data_parallel_repr() + ")")
