@@ -1,10 +1,15 @@
-"""Pipeline speed and memory: GPipe against naive model split.
+"""Pipeline speed and memory: GPipe against naive model split (and PyTorch).
 
 Runs one compute-bound MLP split over K stages at M = 1 (naive split) and
 larger M, and prints the step time, the speedup over M = 1, the ideal
-K*M/(M+K-1) and the efficiency (speedup / ideal). Then, at the largest M,
-the peak activation memory of a step with rematerialisation off and on,
-under the "gpipe" and "1f1b" schedules.
+K*M/(M+K-1) and the efficiency (speedup / ideal). Then, at the largest M:
+each schedule's measured bubble next to its ideal; pipelined inference
+(predict) against stage-after-stage; the set-up time `fit_distributed`
+adds per strategy; the peak activation memory of a step per schedule with
+rematerialisation off and on. With `--peer torch` (torch installed, the
+`bench` extra), PyTorch's ScheduleGPipe and Schedule1F1B on the same MLP,
+batch, M and cores, K processes of one thread each, and each framework's
+plain one-device step on one thread, in one table.
 
 Each op gets one thread (`intra_op_threads=1`). Logical CPU devices share the
 process's thread pool, though, so independent ops of one stage (a layer's
@@ -41,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory_depth", type=int, default=16, help="hidden layers for the memory runs")
     parser.add_argument("--memory_batch", type=int, default=1024)
+    parser.add_argument("--peer", choices=("none", "torch"), default="none",
+                        help="also run PyTorch's pipeline schedules (needs torch)")
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -92,30 +99,171 @@ def main(args: argparse.Namespace) -> dict:
                               "efficiency", "cores busy")))
 
     m = max(values)
+    result = {"step_seconds": step, "speedup": {r[0]: r[2] for r in rows},
+              "efficiency": {r[0]: r[4] for r in rows}, "cores_busy": {r[0]: r[5] for r in rows}}
+    result["bubble"] = _bubbles(args, devices, m)
+    result["inference_speedup"] = _inference(args, devices, m)
+    result["setup_seconds"] = _setup(args, devices, m)
+    result["memory_mib"] = _memory(args, devices, m)
+    if args.peer == "torch":
+        result["torch"] = _torch_peer(args, devices, m)
+    return result
+
+
+def _bubbles(args, devices, m) -> dict:
+    """Each schedule's measured bubble (median over repeats) and its ideal."""
+    measured, ideal, steps = {}, {}, {}
+    for _ in range(args.repeats):
+        for schedule in schedule_lib.SCHEDULES:
+            timeline = tfpar.timeline.PipelineTimeline(verbose=False)
+            timer = _run(args, devices, args.depth, args.batch_size, m, schedule, False,
+                         record_timeline=True, callbacks=[timeline])
+            measured.setdefault(schedule, []).append(timeline.bubble)
+            steps.setdefault(schedule, []).extend(timer.seconds[1:])
+            ideal[schedule] = timeline.ideal_bubble
+    rows = [(s, statistics.median(measured[s]), ideal[s], statistics.median(steps[s]) * 1000)
+            for s in schedule_lib.SCHEDULES]
+    print(f"\nbubble per schedule, M={m} (timeline of a step near the end; medians over "
+          f"{args.repeats} runs; step times with the timeline's stamps)")
+    print(timing.table(rows, ("schedule", "measured bubble", "ideal", "step ms")))
+    return {s: {"measured": b, "ideal": i} for s, b, i, _ in rows}
+
+
+def _inference(args, devices, m) -> float:
+    """predict's time per batch: pipelined (M micro-batches) vs stage after stage."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch_size * args.steps, args.width)).astype("float32")
+    seconds = {1: [], m: []}
+    model = _model(args, args.depth)
+    for _ in range(args.repeats):
+        for micro in seconds:
+            # What predict_distributed runs, timed after its first batch (tracing).
+            twin = tfpar.strategies.GPipe(devices, microbatches=micro).recreate(model)
+            twin.predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)
+            start = time.perf_counter()
+            twin.predict(x, batch_size=args.batch_size, verbose=0)
+            seconds[micro].append((time.perf_counter() - start) / args.steps)
+    one, piped = statistics.median(seconds[1]), statistics.median(seconds[m])
+    print(f"\npipelined inference (predict, batch {args.batch_size}; medians over {args.repeats} runs)")
+    print(timing.table([("stage after stage (M=1)", one * 1000, 1.0),
+                        (f"pipelined (M={m})", piped * 1000, one / piped)],
+                       ("predict", "ms per batch", "speedup")))
+    return one / piped
+
+
+def _setup(args, devices, m) -> dict:
+    """Seconds a one-epoch fit spends outside its steps, native Keras and
+    fit_distributed per strategy (recreating the model, tracing)."""
+    batch = args.batch_size
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * args.steps, args.width)).astype("float32")
+    y = rng.integers(0, 10, size=batch * args.steps)
+    runs = {"native model.fit": None, "DataParallel": lambda: tfpar.strategies.DataParallel(devices),
+            "ModelSplit": lambda: tfpar.strategies.ModelSplit(devices),
+            f"GPipe M={m}": lambda: tfpar.strategies.GPipe(devices, microbatches=m)}
+    overhead = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, strategy in runs.items():
+            model, timer = _model(args, args.depth), StepTimer()
+            start = time.perf_counter()
+            if strategy is None:
+                model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+            else:
+                tfpar.fit_distributed(model, x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
+                                      strategy=strategy(), callbacks=[timer])
+            # The first step traces: counted as set-up, at the median step's cost.
+            steps = statistics.median(timer.seconds[1:] or timer.seconds) * len(timer.seconds)
+            overhead[name].append(time.perf_counter() - start - steps)
+    rows = [(name, statistics.median(v)) for name, v in overhead.items()]
+    print(f"\nset-up of a one-epoch fit: wall time minus {args.steps} median steps "
+          f"(medians over {args.repeats} runs)")
+    print(timing.table(rows, ("run", "set-up s")))
+    return dict(rows)
+
+
+def _memory(args, devices, m) -> dict:
     memory = {}
     for schedule in schedule_lib.SCHEDULES:
         for remat in (False, True):
             timer = _run(args, devices, args.memory_depth, args.memory_batch, m, schedule, remat)
-            memory[(schedule, remat)] = statistics.median(timer.peak_bytes[1:]) / 2**20
+            memory[(schedule, remat)] = statistics.median(timer.peak_bytes[1:] or timer.peak_bytes) / 2**20
     base = memory[("gpipe", False)]
     mem_rows = [(s, "on" if r else "off", memory[(s, r)], memory[(s, r)] / base) for (s, r) in memory]
     print(f"\npeak activation memory of a step, M={m}, MLP {args.memory_depth}x{args.width}, "
-          f"batch {args.memory_batch} (peak allocation above the step's start)")
+          f"batch {args.memory_batch} (peak allocation above the step's start; logical CPUs "
+          "share one allocator, so this is all stages together)")
     print(timing.table(mem_rows, ("schedule", "rematerialize", "MiB", "vs gpipe, remat off")))
-    return {"step_seconds": step, "speedup": {r[0]: r[2] for r in rows},
-            "efficiency": {r[0]: r[4] for r in rows}, "cores_busy": {r[0]: r[5] for r in rows},
-            "memory_mib": {f"{s}/{'remat' if r else 'keep'}": v for (s, r), v in memory.items()}}
+    return {f"{s}/{'remat' if r else 'keep'}": v for (s, r), v in memory.items()}
 
 
-def _run(args, devices, depth, batch, m, schedule, remat) -> StepTimer:
+def _torch_peer(args, devices, m) -> dict:
+    """tfpar and PyTorch side by side: each framework's one-thread one-device
+    step and its pipeline schedules, on the same MLP, batch, M and cores."""
+    try:
+        import torch  # noqa: F401  (only checks that it is installed)
+    except ImportError as error:
+        raise SystemExit("--peer torch needs PyTorch: pip install 'tfpar[bench]' "
+                         "(or pip install torch).") from error
+    from tfpar.bench import torch_peer
+
+    k, batch = len(devices), args.batch_size
+    seconds = {}
+    for _ in range(args.repeats):
+        # Keras' own step on one device, one intra-op thread (this process's).
+        seconds.setdefault(("tfpar", "one device"), []).append(_one_device(args))
+        for schedule in schedule_lib.SCHEDULES:
+            timer = _run(args, devices, args.depth, batch, m, schedule, False)
+            seconds.setdefault(("tfpar", schedule), []).append(statistics.median(timer.seconds[1:]))
+        seconds.setdefault(("torch", "one device"), []).append(
+            torch_peer.run(1, "gpipe", args.width, args.depth, batch, m, args.steps))
+        for schedule in ("gpipe", "1f1b"):
+            seconds.setdefault(("torch", schedule), []).append(
+                torch_peer.run(k, schedule, args.width, args.depth, batch, m, args.steps))
+    step = {key: statistics.median(v) for key, v in seconds.items()}
+    rows = []
+    for (framework, run), value in step.items():
+        base = step[(framework, "one device")]
+        rows.append((framework, run, value * 1000, batch / value, base / value))
+    best = {f: min(v for (fw, r), v in step.items() if fw == f and r != "one device")
+            for f in ("tfpar", "torch")}
+    gain = {f: step[(f, "one device")] / best[f] for f in best}
+    print(f"\ntfpar and PyTorch on the same {k} cores: MLP {args.depth}x{args.width}, batch {batch}, "
+          f"M={m}; pipelines on {k} stages of one thread each (torch: {k} gloo processes); "
+          f"medians over {args.repeats} runs")
+    print(timing.table(rows, ("framework", "run", "step ms", "samples/s", "gain over own one-device")))
+    ratio = best["torch"] / best["tfpar"]
+    print(f"tfpar's best pipeline / torch's best, in samples/s: {ratio:.2f}x; gain over its own "
+          f"one-device step: tfpar {gain['tfpar']:.2f}x, torch {gain['torch']:.2f}x")
+    return {"step_seconds": {f"{f}/{r}": v for (f, r), v in step.items()}, "tfpar_over_torch": ratio,
+            "gain": gain}
+
+
+def _one_device(args) -> float:
+    model = _model(args, args.depth)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch_size * args.steps, args.width)).astype("float32")
+    y = rng.integers(0, 10, size=args.batch_size * args.steps)
+    timer = StepTimer()
+    model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    return statistics.median(timer.seconds[1:])
+
+
+def _model(args, depth) -> keras.Model:
     keras.utils.set_random_seed(0)
     model = tfpar.models.mlp(args.width, 10, hidden=[args.width] * depth)
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _run(args, devices, depth, batch, m, schedule, remat, *, record_timeline=False,
+         callbacks=()) -> StepTimer:
+    model = _model(args, depth)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * args.steps, args.width)).astype("float32")
     y = rng.integers(0, 10, size=batch * args.steps)
     timer = StepTimer()
-    strategy = tfpar.strategies.GPipe(devices, microbatches=m, schedule=schedule, rematerialize=remat)
+    strategy = tfpar.strategies.GPipe(devices, microbatches=m, schedule=schedule, rematerialize=remat,
+                                      record_timeline=record_timeline)
     tfpar.fit_distributed(model, x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
-                          strategy=strategy, callbacks=[timer])
+                          strategy=strategy, callbacks=[timer, *callbacks])
     return timer
