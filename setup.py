@@ -25,7 +25,9 @@ setup(
         "tensorboard",  # keras.callbacks.TensorBoard, python -m tfpar.train --tensorboard_dir
     ],
     # pytest-xdist: the suite runs on two processes (pyproject.toml's addopts).
-    extras_require={"test": ["pytest>=7", "pytest-xdist"]},
+    # torch: the PyTorch peer of `python -m tfpar.bench pipeline --peer torch`
+    # (the CPU wheel is enough); never needed to train or test.
+    extras_require={"test": ["pytest>=7", "pytest-xdist"], "bench": ["torch"]},
     entry_points={
         "console_scripts": [
             "tfpar-train=tfpar.train:run",

@@ -66,3 +66,18 @@ def test_resolve_duplicates_and_empty_and_type():
 
 def test_local_devices_defaults_to_cpu_here():
     assert devices.local_devices() == DEVICES
+
+
+def test_a_split_cpu_gives_each_op_its_share_of_the_cores():
+    # conftest split the CPU in 4: each op gets cores // 4 threads (at least
+    # one), so four stages running at once do not fight over the same cores.
+    import os
+
+    import tensorflow as tf
+
+    from tfpar import devices
+
+    cores = len(os.sched_getaffinity(0))
+    assert tf.config.threading.get_intra_op_parallelism_threads() == max(1, cores // 4)
+    assert devices._auto_threads(None) is None and devices._auto_threads(1) is None
+    assert devices._auto_threads(2 * cores) == 1

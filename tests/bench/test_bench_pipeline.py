@@ -16,5 +16,6 @@ def test_pipeline_benchmark_prints_speed_and_memory_tables():
     assert "speedup vs M=1" in out and "ideal K*M/(M+K-1)" in out and "cores busy" in out
     for schedule in ("gpipe", "1f1b", "zb1"):
         assert out.count(schedule) >= 3, out  # speed or bubble, and memory tables
-    for table in ("measured bubble", "pipelined inference", "set-up of a one-epoch fit"):
+    for table in ("measured bubble", "pipelined inference", "set-up of a one-epoch fit",
+                  "TensorFlow's default"):
         assert table in out, out

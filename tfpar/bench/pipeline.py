@@ -11,7 +11,9 @@ rematerialisation off and on. With `--peer torch` (torch installed, the
 batch, M and cores, K processes of one thread each, and each framework's
 plain one-device step on one thread, in one table.
 
-Each op gets one thread (`intra_op_threads=1`). Logical CPU devices share the
+Each op gets one thread (`intra_op_threads=1`, what `configure_devices` sets
+on 2 cores split in 2); a second process repeats M = 1 and the largest M
+under TensorFlow's default threading. Logical CPU devices share the
 process's thread pool, though, so independent ops of one stage (a layer's
 weight and input gradients) may still run on two cores at once: naive split
 is then already partly parallel, which caps what pipelining can add on this
@@ -22,8 +24,11 @@ each run, pooled over repeats; the runs for different M alternate.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import keras
@@ -48,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory_batch", type=int, default=1024)
     parser.add_argument("--peer", choices=("none", "torch"), default="none",
                         help="also run PyTorch's pipeline schedules (needs torch)")
+    # Internal: the run under TensorFlow's default threading, in a process
+    # of its own (threading is fixed when TensorFlow starts).
+    parser.add_argument("--tf_default_threading", action="store_true", help=argparse.SUPPRESS)
+    # Internal: Keras' one-device step on one thread (inter- and intra-op),
+    # in a process of its own: the sequential step of the torch comparison.
+    parser.add_argument("--one_thread_step", action="store_true", help=argparse.SUPPRESS)
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -73,12 +84,22 @@ def main(args: argparse.Namespace) -> dict:
     # The default CPU allocator leaves some allocations out of its stats; the
     # BFC allocator counts all. Read when TensorFlow creates its devices.
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-    tfpar.configure_devices(cpu=args.devices, intra_op_threads=1)
+    if args.one_thread_step:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        print(json.dumps({"median_seconds": statistics.median(
+            [_one_device(args) for _ in range(args.repeats)])}))
+        return {}
+    tfpar.configure_devices(cpu=args.devices,
+                            intra_op_threads=None if args.tf_default_threading else 1)
     devices = tfpar.devices.local_devices("CPU")[: args.devices]
     k = len(devices)
     values = [int(v) for v in args.microbatches.split(",")]
     if 1 not in values:
         values = [1, *values]
+    if args.tf_default_threading:  # the child run of `_threading`
+        print(json.dumps({str(m): _median_step(args, devices, m) for m in values}))
+        return {}
     per_step = {m: [] for m in values}
     busy = {m: [] for m in values}
     for _ in range(args.repeats):
@@ -101,6 +122,7 @@ def main(args: argparse.Namespace) -> dict:
     m = max(values)
     result = {"step_seconds": step, "speedup": {r[0]: r[2] for r in rows},
               "efficiency": {r[0]: r[4] for r in rows}, "cores_busy": {r[0]: r[5] for r in rows}}
+    result["threading"] = _threading(args, step[1], step[m], m)
     result["bubble"] = _bubbles(args, devices, m)
     result["inference_speedup"] = _inference(args, devices, m)
     result["setup_seconds"] = _setup(args, devices, m)
@@ -110,23 +132,60 @@ def main(args: argparse.Namespace) -> dict:
     return result
 
 
+def _median_step(args, devices, m) -> float:
+    seconds = []
+    for _ in range(args.repeats):
+        seconds += _run(args, devices, args.depth, args.batch_size, m, args.schedule, False).seconds[1:]
+    return statistics.median(seconds)
+
+
+def _threading(args, split_one, pipe_one, m) -> dict:
+    """ModelSplit (M = 1) and GPipe (M) with one intra-op thread per op, as
+    tfpar's configure_devices sets for a split CPU, and with TensorFlow's
+    default (every op on every core), run in a process of its own."""
+    default = {int(k): v for k, v in _child(args, "--tf_default_threading", f"--microbatches=1,{m}").items()}
+    rows = [("1 per op (configure_devices)", split_one * 1000, pipe_one * 1000, split_one / pipe_one),
+            ("TensorFlow's default", default[1] * 1000, default[m] * 1000, default[1] / default[m])]
+    print(f"\nthreading: ModelSplit (M=1) and GPipe (M={m}) step times, and GPipe's speedup; "
+          f"GPipe at one thread per op against ModelSplit at TensorFlow's default: "
+          f"{default[1] / pipe_one:.2f}x")
+    print(timing.table(rows, ("intra-op threads", "ModelSplit ms", "GPipe ms", "speedup")))
+    return {"one_thread": split_one / pipe_one, "tf_default": default[1] / default[m],
+            "gpipe_one_thread_over_split_default": default[1] / pipe_one}
+
+
+def _child(args, *flags) -> dict:
+    """Runs this bench in a new process (threading is fixed when TensorFlow
+    starts) with `flags`; returns the JSON its last line prints."""
+    command = [sys.executable, "-m", "tfpar.bench", "pipeline", *flags] + [
+        f"--{name}={getattr(args, name)}" for name in (
+            "devices", "schedule", "width", "depth", "batch_size", "steps", "repeats")]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if completed.returncode:
+        raise RuntimeError(f"The bench's {flags[0]} run failed: {completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def _bubbles(args, devices, m) -> dict:
     """Each schedule's measured bubble (median over repeats) and its ideal."""
-    measured, ideal, steps = {}, {}, {}
+    measured, ideal, steps, ready = {}, {}, {}, {}
     for _ in range(args.repeats):
         for schedule in schedule_lib.SCHEDULES:
             timeline = tfpar.timeline.PipelineTimeline(verbose=False)
             timer = _run(args, devices, args.depth, args.batch_size, m, schedule, False,
                          record_timeline=True, callbacks=[timeline])
             measured.setdefault(schedule, []).append(timeline.bubble)
+            ready.setdefault(schedule, []).append(
+                tfpar.timeline.ready_idle(timeline.tasks, timeline.needs))
             steps.setdefault(schedule, []).extend(timer.seconds[1:])
             ideal[schedule] = timeline.ideal_bubble
-    rows = [(s, statistics.median(measured[s]), ideal[s], statistics.median(steps[s]) * 1000)
-            for s in schedule_lib.SCHEDULES]
+    rows = [(s, statistics.median(measured[s]), statistics.median(ready[s]), ideal[s],
+             statistics.median(steps[s]) * 1000) for s in schedule_lib.SCHEDULES]
     print(f"\nbubble per schedule, M={m} (timeline of a step near the end; medians over "
-          f"{args.repeats} runs; step times with the timeline's stamps)")
-    print(timing.table(rows, ("schedule", "measured bubble", "ideal", "step ms")))
-    return {s: {"measured": b, "ideal": i} for s, b, i, _ in rows}
+          f"{args.repeats} runs; step times with the timeline's stamps). 'idle while ready': "
+          "the part of the bubble when a stage's next task could already run (dispatch)")
+    print(timing.table(rows, ("schedule", "measured bubble", "idle while ready", "ideal", "step ms")))
+    return {s: {"measured": b, "ready_idle": r, "ideal": i} for s, b, r, i, _ in rows}
 
 
 def _inference(args, devices, m) -> float:
@@ -209,8 +268,6 @@ def _torch_peer(args, devices, m) -> dict:
     k, batch = len(devices), args.batch_size
     seconds = {}
     for _ in range(args.repeats):
-        # Keras' own step on one device, one intra-op thread (this process's).
-        seconds.setdefault(("tfpar", "one device"), []).append(_one_device(args))
         for schedule in schedule_lib.SCHEDULES:
             timer = _run(args, devices, args.depth, batch, m, schedule, False)
             seconds.setdefault(("tfpar", schedule), []).append(statistics.median(timer.seconds[1:]))
@@ -220,6 +277,9 @@ def _torch_peer(args, devices, m) -> dict:
             seconds.setdefault(("torch", schedule), []).append(
                 torch_peer.run(k, schedule, args.width, args.depth, batch, m, args.steps))
     step = {key: statistics.median(v) for key, v in seconds.items()}
+    # Keras' own step on one device and one thread, in a process of its own;
+    # in this process (one intra-op thread, two inter-op) it keeps 1.4 cores busy.
+    step[("tfpar", "one device")] = _child(args, "--one_thread_step")["median_seconds"]
     rows = []
     for (framework, run), value in step.items():
         base = step[(framework, "one device")]
@@ -229,7 +289,7 @@ def _torch_peer(args, devices, m) -> dict:
     gain = {f: step[(f, "one device")] / best[f] for f in best}
     print(f"\ntfpar and PyTorch on the same {k} cores: MLP {args.depth}x{args.width}, batch {batch}, "
           f"M={m}; pipelines on {k} stages of one thread each (torch: {k} gloo processes); "
-          f"medians over {args.repeats} runs")
+          f"one device: one thread, inter- and intra-op; medians over {args.repeats} runs")
     print(timing.table(rows, ("framework", "run", "step ms", "samples/s", "gain over own one-device")))
     ratio = best["torch"] / best["tfpar"]
     print(f"tfpar's best pipeline / torch's best, in samples/s: {ratio:.2f}x; gain over its own "

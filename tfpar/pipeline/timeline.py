@@ -111,6 +111,26 @@ def measured_bubble(tasks: list[Interval]) -> float:
     return 1.0 - busy / (len(stages) * span)
 
 
+def ready_idle(tasks: list[Interval], needs: list[list[int]]) -> float:
+    """The share of the step the stages sat idle with a task ready to run:
+    the part of the measured bubble that is dispatch overhead (starting a
+    task once its inputs and its stage are free), not the schedule.
+
+    A task is ready once the stage's previous task and every task it waits
+    for (`needs`, as `PipelineModel.task_needs` gives it) have ended.
+
+    Example:
+        >>> ready_idle([Interval(0, "F", 0, 0, 1), Interval(0, "F", 1, 1.5, 2.5)], [[], [0]])
+        0.2
+    """
+    span = max(t.end for t in tasks) - min(t.start for t in tasks)
+    if span <= 0:
+        return 0.0
+    idle = sum(max(0.0, task.start - max([tasks[i].end for i in waited_for] or [task.start]))
+               for task, waited_for in zip(tasks, needs))
+    return idle / (len({t.stage for t in tasks}) * span)
+
+
 def ideal_bubble(tasks: list[Interval], num_stages: int | None = None) -> float:
     """The bubble of the schedule the tasks ran, on its ideal clock
     (`schedule.ideal_bubble`): (K-1)/(M+K-1) for "gpipe" and "1f1b", less
@@ -214,6 +234,7 @@ class PipelineTimeline(keras.callbacks.Callback):
 
     Attributes:
       tasks: the `Interval`s of the last step (after training).
+      needs: for each task, the indices of the tasks it waited for.
       bubble: the measured bubble fraction; ideal_bubble: the ideal one.
 
     Example:
@@ -227,6 +248,7 @@ class PipelineTimeline(keras.callbacks.Callback):
         super().__init__()
         self.png, self.trace, self.verbose = png, trace, verbose
         self.tasks: list[Interval] = []
+        self.needs: list[list[int]] = []  # per task, the tasks it waited for
         self.bubble = self.ideal_bubble = None
         self._epoch, self._recent = 0, ()
 
@@ -261,7 +283,8 @@ class PipelineTimeline(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if not self._recent:
             return  # no step ran
-        self.tasks = intervals(self.model.task_order, self._recent[0], self.model.task_needs)
+        self.needs = self.model.task_needs
+        self.tasks = intervals(self.model.task_order, self._recent[0], self.needs)
         self.bubble = measured_bubble(self.tasks)
         self.ideal_bubble = ideal_bubble(self.tasks, len(self.model.plan.graph.stages))
         devices = [stage.device for stage in self.model.stages]
