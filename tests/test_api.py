@@ -8,8 +8,8 @@ import tfpar
 
 def test_top_level_api_is_pinned():
     assert sorted(tfpar.__all__) == [
-        "configure_devices", "datasets", "describe_placement", "fit_distributed", "models",
-        "strategies", "timeline",
+        "configure_devices", "datasets", "describe_placement", "evaluate_distributed",
+        "fit_distributed", "models", "predict_distributed", "strategies", "timeline",
     ]
     assert sorted(tfpar.strategies.__all__) == ["DataParallel", "GPipe", "ModelSplit", "MultiWorker"]
     assert sorted(tfpar.models.__all__) == ["encoder_decoder_balance", "mlp", "residual_cnn", "transformer"]
@@ -43,10 +43,21 @@ def test_public_callables_have_docstrings_with_an_example():
               tfpar.models.encoder_decoder_balance, tfpar.datasets.digits, tfpar.datasets.reversal,
               tfpar.datasets.npz, tfpar.datasets.tfrecord, tfpar.datasets.image_folder,
               tfpar.datasets.load, tfpar.timeline.intervals, tfpar.timeline.chrome_trace,
-              tfpar.timeline.measured_bubble, tfpar.timeline.PipelineTimeline]
+              tfpar.timeline.measured_bubble, tfpar.timeline.ready_idle,
+              tfpar.timeline.PipelineTimeline, tfpar.predict_distributed, tfpar.evaluate_distributed]
     for item in public:
         doc = inspect.getdoc(item) or ""
         assert "Example:" in doc and ">>>" in doc, item.__qualname__
+
+
+def test_predict_and_evaluate_distributed_have_keras_signatures_plus_strategy():
+    import keras
+
+    for ours, theirs in ((tfpar.predict_distributed, keras.Model.predict),
+                         (tfpar.evaluate_distributed, keras.Model.evaluate)):
+        parameters = inspect.signature(ours).parameters
+        assert "strategy" in parameters and inspect.signature(theirs).parameters["x"]
+        assert list(parameters)[:2] == ["model", "x"]
 
 
 def test_fit_distributed_has_fits_signature_plus_strategy():

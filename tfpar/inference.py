@@ -67,7 +67,7 @@ def evaluate_distributed(model: keras.Model, x=None, y=None, *, strategy="mirror
       metrics (a dict with `return_dict=True`).
 
     Example:
-        >>> loss, accuracy = tfpar.evaluate_distributed(
+        >>> results = tfpar.evaluate_distributed(
         ...     model, x, y, verbose=0, strategy=tfpar.strategies.GPipe(2, microbatches=4))
     """
     _check_args("evaluate_distributed", "evaluate", evaluate_kwargs, _EVALUATE_ARGS)

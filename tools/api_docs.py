@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # document the tree, not an installed copy
 # (module, names): None means the module's public functions and classes.
 SECTIONS = [
-    ("tfpar", ["fit_distributed", "configure_devices", "describe_placement"]),
+    ("tfpar", ["fit_distributed", "predict_distributed", "evaluate_distributed",
+               "configure_devices", "describe_placement"]),
     ("tfpar.strategies", None),
     ("tfpar.models", None),
     ("tfpar.datasets", None),

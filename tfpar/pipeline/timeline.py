@@ -140,7 +140,8 @@ def ideal_bubble(tasks: list[Interval], num_stages: int | None = None) -> float:
     schedule).
 
     Example:
-        >>> ideal_bubble([Interval(0, "F", m, m, m + 1) for m in range(3)] + [Interval(1, "F", 0, 1, 2)])
+        >>> sequences = schedule_lib.per_stage("gpipe", 2, 3)  # (K-1)/(M+K-1) = 1/4
+        >>> ideal_bubble([Interval(s, kind, m, 0.0, 0.0) for s in (0, 1) for kind, m in sequences[s]])
         0.25
     """
     k = num_stages or len({t.stage for t in tasks})
