@@ -18,7 +18,7 @@ def model():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: GPipe(2, microbatches=0), r"microbatches must be a whole number >= 1. Received: microbatches=0"),
-    (lambda: GPipe(2, schedule="interleaved"), r"schedule must be one of \['gpipe', '1f1b'\]. Received: schedule='interleaved'"),
+    (lambda: GPipe(2, schedule="interleaved"), r"schedule must be one of \['gpipe', '1f1b', 'zb1'\]. Received: schedule='interleaved'"),
     (lambda: ModelSplit(["/cpu:0", "/cpu:7"]), r"'/cpu:7' does not exist.*Available"),
     (lambda: ModelSplit(2, balance="memory"), r"balance must be one of \['params', 'flops', 'time'\].*'memory'"),
 ])

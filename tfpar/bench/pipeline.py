@@ -166,24 +166,42 @@ def _child(args, *flags) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+class BubbleRecorder(keras.callbacks.Callback):
+    """The measured bubble and its idle-while-ready part of every step after
+    the first (tracing), from the pipeline's recorded timeline."""
+
+    def __init__(self):
+        super().__init__()
+        self.bubbles, self.ready = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            return
+        needs = self.model.task_needs
+        tasks = tfpar.timeline.intervals(self.model.task_order, self.model.last_timeline(), needs)
+        self.bubbles.append(tfpar.timeline.measured_bubble(tasks))
+        self.ready.append(tfpar.timeline.ready_idle(tasks, needs))
+        self.ideal = tfpar.timeline.ideal_bubble(tasks, len(self.model.plan.graph.stages))
+
+
 def _bubbles(args, devices, m) -> dict:
-    """Each schedule's measured bubble (median over repeats) and its ideal."""
+    """Each schedule's measured bubble and its ideal: medians over every
+    step after the first of every run."""
     measured, ideal, steps, ready = {}, {}, {}, {}
     for _ in range(args.repeats):
         for schedule in schedule_lib.SCHEDULES:
-            timeline = tfpar.timeline.PipelineTimeline(verbose=False)
+            recorder = BubbleRecorder()
             timer = _run(args, devices, args.depth, args.batch_size, m, schedule, False,
-                         record_timeline=True, callbacks=[timeline])
-            measured.setdefault(schedule, []).append(timeline.bubble)
-            ready.setdefault(schedule, []).append(
-                tfpar.timeline.ready_idle(timeline.tasks, timeline.needs))
+                         record_timeline=True, callbacks=[recorder])
+            measured.setdefault(schedule, []).extend(recorder.bubbles)
+            ready.setdefault(schedule, []).extend(recorder.ready)
             steps.setdefault(schedule, []).extend(timer.seconds[1:])
-            ideal[schedule] = timeline.ideal_bubble
+            ideal[schedule] = recorder.ideal
     rows = [(s, statistics.median(measured[s]), statistics.median(ready[s]), ideal[s],
              statistics.median(steps[s]) * 1000) for s in schedule_lib.SCHEDULES]
-    print(f"\nbubble per schedule, M={m} (timeline of a step near the end; medians over "
-          f"{args.repeats} runs; step times with the timeline's stamps). 'idle while ready': "
-          "the part of the bubble when a stage's next task could already run (dispatch)")
+    print(f"\nbubble per schedule, M={m} (recorded timelines; medians over {args.repeats} x "
+          f"{args.steps - 1} steps; step times include the timeline's stamps). 'idle while "
+          "ready': the part of the bubble when a stage's next task could already run (dispatch)")
     print(timing.table(rows, ("schedule", "measured bubble", "idle while ready", "ideal", "step ms")))
     return {s: {"measured": b, "ready_idle": r, "ideal": i} for s, b, r, i, _ in rows}
 
