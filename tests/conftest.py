@@ -14,7 +14,9 @@ import pytest  # noqa: E402
 
 import tfpar  # noqa: E402
 
-DEVICES = tfpar.configure_devices(cpu=4)
+# TensorFlow's default threading, as the suite has always run (4 logical
+# devices on 2 cores would otherwise give each op one thread).
+DEVICES = tfpar.configure_devices(cpu=4, intra_op_threads=None)
 FEATURES, CLASSES = 12, 3
 
 
@@ -75,30 +77,3 @@ ADAM_ATOL = 1e-5
 def data():
     return make_data()
 
-
-# Tests that start processes of their own (launched workers, the binary's
-# default job, notebooks) or run for a minute: started first, so that the
-# two test processes finish together instead of one of them starting a
-# two-minute job near the end (the suite has a 15-minute budget).
-LONG_FIRST = (
-    "test_multi_worker_conformance",
-    "test_default_job_trains_digits_and_saves",
-    "test_two_workers_train_exactly_like_one_process",
-    "04_multi_worker.ipynb",
-    "test_killed_worker_resumes_to_the_uninterrupted_result",
-    "test_multi_worker_benchmark_reports_scaling",
-    "test_two_workers_each_a_two_stage_pipeline_train_like_one_process",
-    "test_every_docstring_example_holds",
-    "test_transformer_on_reversal_pipelined_with_a_timeline",
-    "test_a_hung_peer_is_an_error_within_the_timeout",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        for index, name in enumerate(LONG_FIRST):
-            if name in item.nodeid:
-                return index
-        return len(LONG_FIRST)
-
-    items.sort(key=rank)  # stable: the rest keep their order

@@ -69,15 +69,15 @@ def test_local_devices_defaults_to_cpu_here():
 
 
 def test_a_split_cpu_gives_each_op_its_share_of_the_cores():
-    # conftest split the CPU in 4: each op gets cores // 4 threads (at least
-    # one), so four stages running at once do not fight over the same cores.
+    # cores // K threads per op (at least one), so K stages running at once
+    # do not fight over the same cores; an unsplit CPU keeps TF's default.
     import os
-
-    import tensorflow as tf
 
     from tfpar import devices
 
     cores = len(os.sched_getaffinity(0))
-    assert tf.config.threading.get_intra_op_parallelism_threads() == max(1, cores // 4)
     assert devices._auto_threads(None) is None and devices._auto_threads(1) is None
     assert devices._auto_threads(2 * cores) == 1
+    assert devices._auto_threads(cores) == 1 and devices._auto_threads(1 + cores) == 1
+    if cores >= 4:
+        assert devices._auto_threads(2) == cores // 2

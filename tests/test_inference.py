@@ -16,7 +16,6 @@ from conftest import weights_of
 
 STRATEGIES = {
     "DataParallel(2)": lambda: DataParallel(2),
-    "DataParallel(3)": lambda: DataParallel(3),
     "ModelSplit(2)": lambda: ModelSplit(2),
     "GPipe(2, M=4)": lambda: GPipe(2, microbatches=4),
     "GPipe(2x2, M=2)": lambda: GPipe(4, microbatches=2, data_parallel=2),

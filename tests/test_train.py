@@ -18,10 +18,10 @@ def run(argv):
 
 
 def test_default_job_trains_digits_and_saves(tmp_path, capsys):
-    run(["--epochs=12"])
+    run(["--epochs=6"])
     out = capsys.readouterr().out
     accuracy = float(out.split("held-out accuracy: ")[1].split()[0])
-    assert accuracy >= 0.9  # 12 epochs; the full default (30) reaches >= 0.95
+    assert accuracy >= 0.9  # 6 epochs (measured 0.95); the full default (30) reaches >= 0.95
     assert "devices: " in out and "batch: global 64, per replica" in out
     saved = tmp_path / "tfpar_model.keras"
     assert f"saved model to tfpar_model.keras" in out and saved.exists()

@@ -53,8 +53,8 @@ def configure_devices(
         (at least 1), so that the K devices' ops do not fight over the same
         cores: measured on 2 cores, a 2-stage GPipe then beats ModelSplit
         under TensorFlow's default threading, which it does not with every
-        op taking both cores (docs/guide.md); otherwise TF's default. None
-        keeps TF's default.
+        op taking both cores (docs/guide.md); otherwise, or once TensorFlow
+        has started, TF's threads as they are. None keeps TF's default.
 
     Returns:
       The names of all logical devices, e.g. `['/device:CPU:0', ...]`.
@@ -79,8 +79,15 @@ def configure_devices(
             f"Received: gpu={gpu}. Pass gpu=None, or use cpu=N."
         )
     if intra_op_threads == "auto":
-        intra_op_threads = _auto_threads(cpu)
-    if intra_op_threads is not None:
+        threads = _auto_threads(cpu)
+        # A repeated call, after TensorFlow started, keeps the threads the
+        # first call set (a layout cannot change then either).
+        if threads is not None and tf.config.threading.get_intra_op_parallelism_threads() == 0:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+            except RuntimeError:
+                pass
+    elif intra_op_threads is not None:
         _set_intra_op_threads(intra_op_threads)
     wanted = {"CPU": cpu, "GPU": gpu}
     for kind, count in wanted.items():
