@@ -330,20 +330,17 @@ class PipelineModel(keras.Model):
             local = [step.gradients(v) for step, v in zip(steps, variables)]
             starts = None
             if plan.timeline is not None:
-                starts = [timeline_lib.stamp(step.graph.stages[s].device, _tensors(grads) or step.last[s])
+                starts = [timeline_lib.stamp(step.graph.stages[s].device,
+                                             gradients_lib.tensors_of(grads) or step.last[s])
                           for step, grads in zip(steps, local)]
             summed = plan.all_reduce[s](local, after=None if starts is None else [[t] for t in starts])
             for r, (step, vs, grads) in enumerate(zip(steps, variables, summed)):
                 reduced.update({id(v): g for v, g in zip(vs, grads)})
                 if starts is not None:
-                    end = timeline_lib.stamp(step.graph.stages[s].device, _tensors(grads) or [starts[r]])
+                    end = timeline_lib.stamp(step.graph.stages[s].device,
+                                             gradients_lib.tensors_of(grads) or [starts[r]])
                     stamps.append(tf.stack([starts[r], end]))
         return [reduced.get(id(v)) for v in plan.variables]
-
-
-def _tensors(grads) -> list:
-    """The tensors of a list of gradients, to wait for (None: none)."""
-    return [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
 
 
 # fit and evaluate build metric and optimizer state through this hook.

@@ -169,3 +169,9 @@ def _with_stages(paths: list, stage_of_layer: dict) -> str:
                 return f" (stage {stage_of_layer[part]})"
         return ""
     return ", ".join(f"{path!r}{stage(path)}" for path in paths)
+
+
+def tensors_of(grads) -> list:
+    """The tensors of a list of gradients (an IndexedSlices' values; None
+    skipped), for a task to wait for."""
+    return [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]

@@ -52,8 +52,9 @@ def gradients(tape, targets: list, sources: list, variables: list, upstream: lis
     input_grads, weight_grads = grads[: len(sources)], grads[len(sources):]
     needed_by_b = _ancestors(_ops(input_grads), new)
     w_only = _ancestors(_ops(weight_grads), new - needed_by_b)
-    first = [op for op in w_only
-             if not any(t.op in w_only for t in op.inputs) and not any(c in w_only for c in op.control_inputs)]
+    # The W ops that no other W op feeds: holding these back holds all.
+    first = [op for op in w_only if not any(t.op in w_only for t in op.inputs)
+             and not any(c in w_only for c in op.control_inputs)]
     return input_grads, weight_grads, Deferred(first)
 
 

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tfpar.pipeline import remat, split_backward
+from tfpar.pipeline.gradients import tensors_of
 from tfpar.pipeline.microbatch import MicroBatches
 from tfpar.pipeline.stage_calls import (added_losses, differentiable, differentiable_keyed,
                                         loss_sources, run)
@@ -143,7 +144,7 @@ class Step:
             for key, grad in zip(keys, input_grads):
                 _add(grad_env, (key, "value"), grad)
         done = input_grads if self.split else list(input_grads) + list(weight_grads)
-        self.last[index] = _dense(done) or self.last.get(index, [])
+        self.last[index] = tensors_of(done) or self.last.get(index, [])
 
     def weights(self, index: int, micro: int) -> None:
         """The W task of a split backward: the weight gradients of `micro`."""
@@ -155,7 +156,7 @@ class Step:
         with tf.device(self.graph.stages[index].device):
             for variable, grad in zip(variables, grads):
                 self.sums.add(variable, grad)
-        self.last[index] = _dense(grads) or self.last.get(index, [])
+        self.last[index] = tensors_of(grads) or self.last.get(index, [])
 
     def _loss(self, micro: int) -> list:
         graph = self.graph
@@ -199,11 +200,6 @@ class Step:
     def outputs(self) -> list:
         """Per model output, this replica's micro-batches' tensors, in order."""
         return [[env[k] for env in self.env] for k in self.graph.output_keys]
-
-
-def _dense(grads) -> list:
-    """The tensors of a list of gradients, to chain the next task on."""
-    return [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
 
 
 def _upstream(grad_env: dict, key) -> list:
