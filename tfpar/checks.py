@@ -36,3 +36,14 @@ def whole_number(name: str, value, *, minimum: int = 1, meaning: str = "") -> in
             f"{name} must be a whole number >= {minimum}{meaning}. Received: {name}={value!r}."
         )
     return value
+
+
+def keras_arguments(name: str, method: str, kwargs: dict, allowed) -> None:
+    """Raises TypeError naming any of `kwargs` that keras.Model.`method`
+    (and so tfpar's `name`, its drop-in) does not take."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{name} got unexpected argument(s) {unknown}. It takes "
+            f"keras.Model.{method}'s arguments: {sorted(allowed)}, plus strategy=."
+        )

@@ -7,7 +7,7 @@ import inspect
 import keras
 import tensorflow as tf
 
-from tfpar import inputs, internals, replica
+from tfpar import checks, inputs, internals, replica
 from tfpar.cluster import checkpoint, chief
 from tfpar.strategies import contract, registry
 
@@ -76,7 +76,7 @@ def fit_distributed(
         True
     """
     replica.check_compiled(model)
-    _check_fit_args(fit_kwargs)
+    checks.keras_arguments("fit_distributed", "fit", fit_kwargs, _FIT_ARGS)
     _check_checkpointing(checkpoint_dir, checkpoint_every, x, fit_kwargs)
     strategy = strategy_for(model, strategy)
     inputs.check_not_empty(x)
@@ -106,15 +106,6 @@ def fit_distributed(
     replica.write_back(trained, model)
     _hand_over(model, history, fit_kwargs.get("callbacks"))
     return history
-
-
-def _check_fit_args(fit_kwargs: dict) -> None:
-    unknown = sorted(set(fit_kwargs) - _FIT_ARGS)
-    if unknown:
-        raise TypeError(
-            f"fit_distributed got unexpected argument(s) {unknown}. It takes "
-            f"keras.Model.fit's arguments: {sorted(_FIT_ARGS)}, plus strategy=."
-        )
 
 
 def _check_checkpointing(directory, every, x, fit_kwargs: dict) -> None:

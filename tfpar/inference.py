@@ -23,8 +23,8 @@ import inspect
 
 import keras
 
+from tfpar import checks, inputs
 from tfpar import fit as fit_lib
-from tfpar import inputs
 from tfpar.strategies import contract
 
 _PREDICT_ARGS = frozenset(inspect.signature(keras.Model.predict).parameters) - {"self", "x"}
@@ -47,7 +47,7 @@ def predict_distributed(model: keras.Model, x, *, strategy="mirrored", **predict
         >>> predictions = tfpar.predict_distributed(model, x, verbose=0,
         ...                                         strategy=tfpar.strategies.DataParallel(2))
     """
-    _check_args("predict_distributed", "predict", predict_kwargs, _PREDICT_ARGS)
+    checks.keras_arguments("predict_distributed", "predict", predict_kwargs, _PREDICT_ARGS)
     twin, runner = _twin(model, x, strategy)
     return runner.predict(twin, x, predict_kwargs)
 
@@ -70,7 +70,7 @@ def evaluate_distributed(model: keras.Model, x=None, y=None, *, strategy="mirror
         >>> results = tfpar.evaluate_distributed(
         ...     model, x, y, verbose=0, strategy=tfpar.strategies.GPipe(2, microbatches=4))
     """
-    _check_args("evaluate_distributed", "evaluate", evaluate_kwargs, _EVALUATE_ARGS)
+    checks.keras_arguments("evaluate_distributed", "evaluate", evaluate_kwargs, _EVALUATE_ARGS)
     if not getattr(model, "compiled", False):
         raise ValueError(
             f"Model {model.name!r} must be compiled before it is evaluated: call "
@@ -95,12 +95,3 @@ def _twin(model: keras.Model, x, strategy):
             "it a keras.Input(...) or call model.build(input_shape) (or fit it first)."
         )
     return runner.recreate(model), runner
-
-
-def _check_args(name: str, method: str, kwargs: dict, allowed: frozenset) -> None:
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise TypeError(
-            f"{name} got unexpected argument(s) {unknown}. It takes keras.Model.{method}'s "
-            f"arguments: {sorted(allowed)}, plus strategy=."
-        )
