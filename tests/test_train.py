@@ -46,6 +46,9 @@ def test_default_job_trains_digits_and_saves(tmp_path, capsys):
     (["--strategy=gpipe", "--devices=2", "--microbatches=4", "--batch_size=30"],
      "--batch_size must be divisible by 1 replica\\(s\\) x 4 micro-batch\\(es\\) = 4. Received: 30"),
     (["--devices=2", "--batch_size=33"], "divisible by 2 replica.*Received: 33"),
+    # Data parallel takes --microbatches too: per replica's share.
+    (["--devices=2", "--microbatches=3"],
+     "divisible by 2 replica\\(s\\) x 3 micro-batch\\(es\\) = 6. Received: 64"),
     (["--data_parallel=2"], "--data_parallel applies to --strategy=split or gpipe"),
     (["--strategy=gpipe", "--devices=3", "--data_parallel=2"], "--data_parallel: data_parallel=2 .* Received 3 devices"),
     (["--strategy=gpipe", "--data_parallel=2", "--microbatches=4", "--batch_size=36"],

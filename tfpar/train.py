@@ -31,14 +31,17 @@ flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "split", "gpipe", "multi_
                   "How to spread training.")
 flags.DEFINE_integer("virtual_devices", None, "Split each CPU into this many logical devices.")
 flags.DEFINE_integer("devices", None, "Use the first N local devices (default: all).")
-flags.DEFINE_integer("microbatches", 4, "Micro-batches per batch (gpipe).")
+flags.DEFINE_integer("microbatches", None,
+                     "Micro-batches per batch (gpipe; default 4) or per replica's share "
+                     "(mirrored, multi_worker: gradients summed locally, one all-reduce per "
+                     "step; default 1).")
 flags.DEFINE_integer("data_parallel", 1,
                      "Pipeline replicas trained data parallel (split, gpipe): the devices are "
                      "read as this many groups, one replica each.")
 flags.DEFINE_string("balance", "auto",
                     "Layers per stage (split, gpipe): params, flops, time, a list such as 5,3, or "
                     "auto (the encoder/decoder split for the transformer on 2 devices, else params).")
-flags.DEFINE_enum("schedule", "gpipe", ["gpipe", "1f1b"], "Pipeline schedule (gpipe).")
+flags.DEFINE_enum("schedule", "gpipe", ["gpipe", "1f1b", "zb1"], "Pipeline schedule (gpipe).")
 flags.DEFINE_bool("rematerialize", False, "Recompute stage activations in the backward (gpipe).")
 flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 flags.DEFINE_integer("epochs", 30, "Passes over the training data.")
@@ -108,12 +111,16 @@ def _strategy(tfpar):
     """Devices phase: the data-parallel strategy, or the devices a pipeline gets."""
     if FLAGS.strategy == "multi_worker":
         # Before any other TensorFlow work: collectives are set at startup.
-        return tfpar.strategies.MultiWorker.current()
+        strategy = tfpar.strategies.MultiWorker.current()
+        # Made at startup, from the launcher's options: micro-batches are
+        # read only when fit_distributed trains, so they can be set here.
+        strategy.microbatches = FLAGS.microbatches or 1
+        return strategy
     if FLAGS.virtual_devices:
         tfpar.configure_devices(cpu=FLAGS.virtual_devices)
     if FLAGS.strategy == "mirrored":
         try:
-            return tfpar.strategies.DataParallel(FLAGS.devices)
+            return tfpar.strategies.DataParallel(FLAGS.devices, microbatches=FLAGS.microbatches or 1)
         except ValueError as error:
             raise app.UsageError(f"--devices: {error}") from error
     return None  # PIPELINES: made once the model is known
@@ -182,7 +189,7 @@ def _pipeline(tfpar, model, kind: str):
                                                    data_parallel=FLAGS.data_parallel)
         else:
             strategy = tfpar.strategies.GPipe(
-                devices, microbatches=FLAGS.microbatches, balance=balance, schedule=FLAGS.schedule,
+                devices, microbatches=FLAGS.microbatches or 4, balance=balance, schedule=FLAGS.schedule,
                 rematerialize=FLAGS.rematerialize, record_timeline=bool(FLAGS.timeline),
                 data_parallel=FLAGS.data_parallel)
         strategy.sizes(model)  # a balance that does not fit the model fails here, not mid-run
@@ -198,7 +205,7 @@ def _print_setup(strategy) -> None:
         replicas, microbatches = strategy.data_parallel, getattr(strategy, "microbatches", 1)
     else:
         devices = list(strategy.extended.worker_devices)
-        replicas, microbatches = strategy.num_replicas_in_sync, 1
+        replicas, microbatches = strategy.num_replicas_in_sync, strategy.microbatches
     if FLAGS.batch_size % (replicas * microbatches):
         raise app.UsageError(
             f"--batch_size must be divisible by {replicas} replica(s) x {microbatches} "
@@ -231,7 +238,7 @@ def _check_flags() -> None:
             raise app.UsageError(f"--{name} must be >= 1. Received: {getattr(FLAGS, name)}.")
     if FLAGS.data_parallel < 1:
         raise app.UsageError(f"--data_parallel must be >= 1. Received: {FLAGS.data_parallel}.")
-    if FLAGS.microbatches < 1:
+    if FLAGS.microbatches is not None and FLAGS.microbatches < 1:
         raise app.UsageError(f"--microbatches must be >= 1. Received: {FLAGS.microbatches}.")
     if FLAGS.checkpoint_every < 1:
         raise app.UsageError(f"--checkpoint_every must be >= 1. Received: {FLAGS.checkpoint_every}.")

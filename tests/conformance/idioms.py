@@ -47,6 +47,8 @@ class Idiom:
     # 1/replicas under tf.distribute: its History "loss" is the one-device
     # loss over the replica count (tfpar warns about this).
     loss_per_replica: bool = False
+    # Overrides train_step: data parallel with micro-batches must refuse it.
+    own_train_step: bool = False
 
     def fit_kwargs(self, extra: dict) -> dict:
         return {"batch_size": self.batch, "epochs": EPOCHS, "shuffle": False, "verbose": 0, **extra}
@@ -624,5 +626,6 @@ IDIOMS = [
     Idiom("Dataset.batch(33), one-sample last batch, conv", _seeded(conv_net), odd_dataset_data,
           atol=ADAM_ATOL),
     Idiom("keras.Model subclass with train_step", _seeded(custom_train_step), plain_data,
-          pipelines=r"overrides \['train_step'\] cannot be split", loss_per_replica=True),
+          pipelines=r"overrides \['train_step'\] cannot be split", loss_per_replica=True,
+          own_train_step=True),
 ]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpar import microbatch
 from tfpar.pipeline import gradients
 
 
@@ -43,8 +44,8 @@ def test_combined_slices_match_the_dense_sum_for_both_kinds_of_lookup():
     shared = [tf.IndexedSlices(tf.ones((2, 2)) * k, tf.constant([0, 1]), shape) for k in (1.0, 2.0)]
     for slices in (per_sample, shared):
         dense = sum(tf.convert_to_tensor(s) for s in slices)
-        np.testing.assert_array_equal(tf.convert_to_tensor(gradients.combine_slices(slices)), dense)
-    assert gradients.combine_slices(shared).indices.numpy().tolist() == [0, 1]
+        np.testing.assert_array_equal(tf.convert_to_tensor(microbatch.combine_slices(slices)), dense)
+    assert microbatch.combine_slices(shared).indices.numpy().tolist() == [0, 1]
 
 
 def test_the_check_names_lost_and_extra_gradients_with_their_stage():

@@ -42,6 +42,12 @@ for kind in job.KINDS:
     np.savez(os.path.join(sys.argv[1], f"weights_{{kind}}_{{rank}}.npz"), *model.get_weights())
     with open(os.path.join(sys.argv[1], f"history_{{kind}}_{{rank}}.json"), "w") as f:
         json.dump(history.history, f)
+# Micro-batches: 16 rows per worker per step as 2 micro-batches of 8.
+strategy = tfpar.strategies.MultiWorker.current()
+strategy.microbatches = 2
+model = job.model()
+tfpar.fit_distributed(model, *job.data(), strategy=strategy, **{FIT!r})
+np.savez(os.path.join(sys.argv[1], f"weights_micro_{{rank}}.npz"), *model.get_weights())
 """
 
 
@@ -70,6 +76,10 @@ def test_two_workers_train_exactly_like_one_process(tmp_path):
         assert histories[0] == histories[1]
         for key, values in expected_history.items():
             np.testing.assert_allclose(histories[0][key], values, rtol=1e-5, err_msg=f"{kind} {key}")
+    micro = [list(np.load(tmp_path / f"weights_micro_{r}.npz").values()) for r in (0, 1)]
+    for a, b in zip(*micro):
+        np.testing.assert_array_equal(a, b)
+    assert_same_weights(micro[0], multi_worker_job.reference("mlp", **FIT)[0])
 
 
 @pytest.mark.parametrize("kwargs, message", [

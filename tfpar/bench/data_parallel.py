@@ -12,6 +12,9 @@ pooled over repeats, first epoch of each run (tracing) excluded.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import statistics
 import time
 
 import keras
@@ -29,9 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--width", type=int, default=1024, help="hidden layer width")
+    parser.add_argument("--microbatches", default="1,2,4,8",
+                        help="values of k for the micro-batch memory runs")
+    parser.add_argument("--memory_depth", type=int, default=8, help="hidden layers, memory runs")
+    parser.add_argument("--memory_width", type=int, default=512)
+    parser.add_argument("--memory_batch", type=int, default=4096)
 
 
 def main(args: argparse.Namespace) -> dict:
+    # The default CPU allocator leaves some allocations out of its stats; the
+    # BFC allocator counts all. Read when TensorFlow creates its devices.
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     tfpar.configure_devices(cpu=args.devices, intra_op_threads=1)
     devices = tfpar.devices.local_devices("CPU")[: args.devices]
     rng = np.random.default_rng(0)
@@ -63,7 +74,62 @@ def main(args: argparse.Namespace) -> dict:
     print(f"single / native: {result['single'] / result['native']:.3f} (one device, one thread)")
     print(f"tfpar / native: {result['ratio']:.3f} steady, "
           f"{result['ratio_whole_call']:.3f} whole call (goal >= 1.0)")
+    result["microbatches"] = _microbatches(args, devices)
     return result
+
+
+def _microbatches(args, devices) -> dict:
+    """Peak memory of a step and all-reduces per step, per micro-batch count."""
+    values = sorted({1, *(int(v) for v in args.microbatches.split(","))})
+    batch, steps = args.memory_batch, 4
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * steps, args.memory_width)).astype("float32")
+    y = rng.integers(0, 10, size=batch * steps)
+    rows, result = [], {}
+    for k in values:
+        keras.utils.set_random_seed(0)
+        model = tfpar.models.mlp(args.memory_width, 10, hidden=[args.memory_width] * args.memory_depth)
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        timer = timing.StepTimer()
+        with _counting_all_reduces() as counts:
+            tfpar.fit_distributed(model, x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
+                                  callbacks=[timer],
+                                  strategy=tfpar.strategies.DataParallel(devices, microbatches=k))
+        peak = statistics.median(timer.peak_bytes[1:]) / 2**20
+        # One set of gradients, all replicas: the floor of the peak is about
+        # two (the running sum and the micro-batch's being added).
+        gradients = len(devices) * sum(v.numpy().nbytes for v in model.trainable_weights) / 2**20
+        # Calls made while the step was traced, by each replica: per step.
+        per_step = len(counts) / len(devices)
+        rows.append((k, peak, peak / rows[0][1] if rows else 1.0, per_step,
+                     statistics.median(timer.seconds[1:]) * 1000))
+        result[k] = {"peak_mib": peak, "all_reduces": per_step}
+    print(f"\nmicro-batches: DataParallel over {len(devices)} devices, MLP "
+          f"{args.memory_depth}x{args.memory_width}, batch {batch}, SGD (peak allocation above "
+          "the step's start, all replicas: logical CPUs share one allocator; all-reduces: "
+          "calls per replica per step, counted as the step is traced)")
+    print(timing.table(rows, ("microbatches", "peak MiB", "vs k=1", "all-reduces/step", "step ms")))
+    print(f"one set of gradients, all replicas: {gradients:.1f} MiB (with k > 1 a replica holds "
+          "their running sum and one micro-batch's: the peak's floor)")
+    return result
+
+
+@contextlib.contextmanager
+def _counting_all_reduces():
+    """Records each replica-context all-reduce (Keras' optimizer makes one
+    per step for all gradients)."""
+    calls = []
+    all_reduce = tf.distribute.ReplicaContext.all_reduce
+
+    def counting(self, reduce_op, value, options=None):
+        calls.append(len(tf.nest.flatten(value)))
+        return all_reduce(self, reduce_op, value, options)
+
+    tf.distribute.ReplicaContext.all_reduce = counting
+    try:
+        yield calls
+    finally:
+        tf.distribute.ReplicaContext.all_reduce = all_reduce
 
 
 def _model(args) -> keras.Model:

@@ -21,7 +21,6 @@ import numpy as np
 
 import tfpar
 from tfpar.bench import timing
-from tfpar.bench.pipeline import StepTimer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +59,7 @@ def main(args: argparse.Namespace) -> dict:
     state = {}
     for _ in range(args.repeats):
         for name, make in LAYOUTS.items():
-            timer, sizes = StepTimer(), StateBytes()
+            timer, sizes = timing.StepTimer(), StateBytes()
             _fit(args, x, y, make(args.microbatches), [timer, sizes])
             seconds[name].extend(timer.seconds[1:])
             state[name] = max(sizes.per_device.values())

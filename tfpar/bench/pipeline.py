@@ -3,9 +3,10 @@
 Runs one compute-bound MLP split over K stages at M = 1 (naive split) and
 larger M, and prints the step time, the speedup over M = 1, the ideal
 K*M/(M+K-1) and the efficiency (speedup / ideal). Then, at the largest M:
-each schedule's measured bubble next to its ideal; pipelined inference
-(predict) against stage-after-stage; the set-up time `fit_distributed`
-adds per strategy; the peak activation memory of a step per schedule with
+each schedule's measured bubble next to its ideal, on this MLP and a deeper
+one; pipelined inference (predict) against stage-after-stage; the set-up
+time `fit_distributed` adds per strategy, next to native Keras under
+MirroredStrategy; the peak activation memory of a step per schedule with
 rematerialisation off and on. With `--peer torch` (torch installed, the
 `bench` extra), PyTorch's ScheduleGPipe and Schedule1F1B on the same MLP,
 batch, M and cores, K processes of one thread each, and each framework's
@@ -59,25 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Internal: Keras' one-device step on one thread (inter- and intra-op),
     # in a process of its own: the sequential step of the torch comparison.
     parser.add_argument("--one_thread_step", action="store_true", help=argparse.SUPPRESS)
-
-
-class StepTimer(keras.callbacks.Callback):
-    """Wall time of each training step, and its peak extra memory."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds, self.cpu_seconds, self.peak_bytes = [], [], []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        tf.config.experimental.reset_memory_stats("CPU:0")
-        self._base = tf.config.experimental.get_memory_info("CPU:0")["current"]
-        self._start, self._cpu = time.perf_counter(), time.process_time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-        self.cpu_seconds.append(time.process_time() - self._cpu)
-        # Logical CPUs share one allocator: CPU:0 reports the whole process.
-        self.peak_bytes.append(tf.config.experimental.get_memory_info("CPU:0")["peak"] - self._base)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -185,25 +167,35 @@ class BubbleRecorder(keras.callbacks.Callback):
 
 
 def _bubbles(args, devices, m) -> dict:
-    """Each schedule's measured bubble and its ideal: medians over every
-    step after the first of every run."""
-    measured, ideal, steps, ready = {}, {}, {}, {}
-    for _ in range(args.repeats):
-        for schedule in schedule_lib.SCHEDULES:
-            recorder = BubbleRecorder()
-            timer = _run(args, devices, args.depth, args.batch_size, m, schedule, False,
-                         record_timeline=True, callbacks=[recorder])
-            measured.setdefault(schedule, []).extend(recorder.bubbles)
-            ready.setdefault(schedule, []).extend(recorder.ready)
-            steps.setdefault(schedule, []).extend(timer.seconds[1:])
-            ideal[schedule] = recorder.ideal
-    rows = [(s, statistics.median(measured[s]), statistics.median(ready[s]), ideal[s],
-             statistics.median(steps[s]) * 1000) for s in schedule_lib.SCHEDULES]
+    """Each schedule's measured bubble and its ideal, on the bench MLP and on
+    the memory runs' deeper one: medians over every step after the first of
+    every run. Stages are cut at layers, so a shallow MLP cannot balance
+    zb1's stages (stage 0 computes no input gradient); a deeper one can
+    more finely, which shows how much of the bubble is the schedule's."""
+    rows, result = [], {}
+    for depth in sorted({args.depth, args.memory_depth}):
+        measured, ideal, steps, ready = {}, {}, {}, {}
+        for _ in range(args.repeats):
+            for schedule in schedule_lib.SCHEDULES:
+                recorder = BubbleRecorder()
+                timer = _run(args, devices, depth, args.batch_size, m, schedule, False,
+                             record_timeline=True, callbacks=[recorder])
+                measured.setdefault(schedule, []).extend(recorder.bubbles)
+                ready.setdefault(schedule, []).extend(recorder.ready)
+                steps.setdefault(schedule, []).extend(timer.seconds[1:])
+                ideal[schedule] = recorder.ideal
+        for s in schedule_lib.SCHEDULES:
+            row = (f"{depth}x{args.width}", s, statistics.median(measured[s]),
+                   statistics.median(ready[s]), ideal[s], statistics.median(steps[s]) * 1000)
+            rows.append(row)
+            result[s if depth == args.depth else f"{s}/depth {depth}"] = {
+                "measured": row[2], "ready_idle": row[3], "ideal": row[4]}
     print(f"\nbubble per schedule, M={m} (recorded timelines; medians over {args.repeats} x "
           f"{args.steps - 1} steps; step times include the timeline's stamps). 'idle while "
           "ready': the part of the bubble when a stage's next task could already run (dispatch)")
-    print(timing.table(rows, ("schedule", "measured bubble", "idle while ready", "ideal", "step ms")))
-    return {s: {"measured": b, "ready_idle": r, "ideal": i} for s, b, r, i, _ in rows}
+    print(timing.table(rows, ("MLP", "schedule", "measured bubble", "idle while ready", "ideal",
+                              "step ms")))
+    return result
 
 
 def _inference(args, devices, m) -> float:
@@ -235,15 +227,24 @@ def _setup(args, devices, m) -> dict:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * args.steps, args.width)).astype("float32")
     y = rng.integers(0, 10, size=batch * args.steps)
-    runs = {"native model.fit": None, "DataParallel": lambda: tfpar.strategies.DataParallel(devices),
+    # tf.distribute's own set-up (a replicated trace, per-device input
+    # iterators) is what DataParallel builds on: the row beneath it.
+    mirrored = tf.distribute.MirroredStrategy(list(devices))
+    runs = {"native model.fit": None, "native fit, MirroredStrategy": mirrored,
+            "DataParallel": lambda: tfpar.strategies.DataParallel(devices),
             "ModelSplit": lambda: tfpar.strategies.ModelSplit(devices),
             f"GPipe M={m}": lambda: tfpar.strategies.GPipe(devices, microbatches=m)}
     overhead = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, strategy in runs.items():
-            model, timer = _model(args, args.depth), StepTimer()
+            timer = timing.StepTimer()
+            if not isinstance(strategy, tf.distribute.Strategy):
+                model = _model(args, args.depth)
             start = time.perf_counter()
-            if strategy is None:
+            if strategy is None or isinstance(strategy, tf.distribute.Strategy):
+                if strategy is not None:
+                    with strategy.scope():  # as tf.distribute's users must, so timed
+                        model = _model(args, args.depth)
                 model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
             else:
                 tfpar.fit_distributed(model, x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
@@ -321,7 +322,7 @@ def _one_device(args) -> float:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.batch_size * args.steps, args.width)).astype("float32")
     y = rng.integers(0, 10, size=args.batch_size * args.steps)
-    timer = StepTimer()
+    timer = timing.StepTimer()
     model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
     return statistics.median(timer.seconds[1:])
 
@@ -339,7 +340,7 @@ def _run(args, devices, depth, batch, m, schedule, remat, *, record_timeline=Fal
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * args.steps, args.width)).astype("float32")
     y = rng.integers(0, 10, size=batch * args.steps)
-    timer = StepTimer()
+    timer = timing.StepTimer()
     strategy = tfpar.strategies.GPipe(devices, microbatches=m, schedule=schedule, rematerialize=remat,
                                       record_timeline=record_timeline)
     tfpar.fit_distributed(model, x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,

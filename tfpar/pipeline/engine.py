@@ -35,7 +35,7 @@ from tfpar.pipeline import schedule as schedule_lib
 from tfpar.pipeline import stage_calls
 from tfpar.pipeline import timeline as timeline_lib
 from tfpar.pipeline.placement import Graph
-from tfpar.pipeline.microbatch import MicroBatches
+from tfpar.microbatch import MicroBatches
 from tfpar.pipeline.step import Step
 
 
@@ -77,7 +77,10 @@ class _Plan:
         self.replica = 0  # whose step runs, while the train step is traced
         # Which trainable weights one-device training gives a gradient
         # (True) or not, found by tracing the unsplit model once.
+        # Found at the first trace of the train step, so that evaluate and
+        # predict never pay for it.
         self.expected_gradients = None
+        self.shapes_only = False  # while Keras builds state from output shapes
         self.timeline = None
         if record_timeline:
             # Start and end time (seconds since the epoch) of each task of the
@@ -196,10 +199,14 @@ class PipelineModel(keras.Model):
         # for a large pipeline, most of the first epoch. Build it here, from
         # one batch of a throwaway iterator, as Keras does under a strategy.
         data_batch = internals.first_batch(iterator, data_batch)
-        internals.symbolic_build(self, data_batch)
-        if self._plan.expected_gradients is None and data_batch is not None:
-            # Of replica 0's weights; every replica must match (check_gradients).
-            self._plan.expected_gradients = gradients_lib.one_device_gradients(self.twin, data_batch)
+        # Building needs only the outputs' shapes, which the twin (the
+        # unsplit model, same weights) gives with one trace; the pipelined
+        # call would trace every micro-batch of every stage.
+        self._plan.shapes_only = True
+        try:
+            internals.symbolic_build(self, data_batch)
+        finally:
+            self._plan.shapes_only = False
 
     def save(self, filepath, *args, **kwargs):
         """Saves the model in the caller's architecture (what callbacks such
@@ -215,6 +222,8 @@ class PipelineModel(keras.Model):
         running its micro-batches in order (what evaluate, predict and
         validation run)."""
         plan = self._plan
+        if plan.shapes_only:
+            return self.twin(inputs, training=training)
         graph, k, m = plan.graph, len(plan.graph.stages), plan.microbatches
         flat = internals.standardize_inputs(graph.view, inputs)
         micro = MicroBatches(flat, None, None, m * len(plan.graphs))
@@ -255,6 +264,9 @@ class PipelineModel(keras.Model):
     def _train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         plan = self._plan
+        if plan.expected_gradients is None:
+            # Of replica 0's weights; every replica must match (check_gradients).
+            plan.expected_gradients = gradients_lib.one_device_gradients(self.twin, data)
         flat_x = internals.standardize_inputs(plan.graph.view, x)
         total = None
         if plan.workers:

@@ -4,7 +4,7 @@ Gradients are summed in a buffer per weight, on the weight's device.
 Summing tensors instead lets Grappler's arithmetic optimizer fuse the chain
 of adds into one AddN that waits for, and holds, every micro-batch's
 gradient at once. IndexedSlices (embedding lookups) stay sparse, combined
-as one device would have computed them (`combine_slices`).
+as one device would have computed them (`microbatch.combine_slices`).
 
 Example:
     >>> w = keras.Variable([1.0, 2.0], name="w")
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+from tfpar import microbatch
 
 
 class GradientSum:
@@ -65,7 +67,7 @@ class GradientSum:
             dense = self.buffers[key].read_value() if key in self.started else None
             sparse = self.sparse.get(key)
             if sparse:
-                sparse = combine_slices(sparse)
+                sparse = microbatch.combine_slices(sparse)
                 # One tape sums a dense and a sparse gradient into a dense one.
                 grads.append(sparse if dense is None else dense + tf.convert_to_tensor(sparse))
             else:
@@ -73,51 +75,12 @@ class GradientSum:
         return grads
 
 
-def combine_slices(slices: list) -> tf.IndexedSlices:
-    """The IndexedSlices gradient one device would compute from the
-    micro-batches' gradients of one embedding table.
-
-    A lookup per sample (token ids) gives one entry per sample, so the
-    batch's gradient is the micro-batches' entries side by side. A lookup
-    shared by all samples (positions, `ops.arange`) gives the same ids in
-    every micro-batch, each entry already summed over its samples, so the
-    batch's gradient is those ids with the values summed. The two differ for
-    Adam and RMSprop, which square each entry. Identical ids in every
-    micro-batch are taken as the shared case (token ids coincide so only
-    when every micro-batch holds the same samples).
-
-    Example:
-        >>> a = tf.IndexedSlices(tf.constant([[1.0]]), tf.constant([3]), tf.constant([5, 1]))
-        >>> b = tf.IndexedSlices(tf.constant([[2.0]]), tf.constant([3]), tf.constant([5, 1]))
-        >>> combine_slices([a, b]).values.numpy().tolist()  # shared ids: summed
-        [[3.0]]
-        >>> c = tf.IndexedSlices(tf.constant([[2.0]]), tf.constant([4]), tf.constant([5, 1]))
-        >>> combine_slices([a, c]).indices.numpy().tolist()  # per sample: side by side
-        [3, 4]
-    """
-    if len(slices) == 1:
-        return slices[0]
-    first = slices[0].indices
-
-    def same_ids(indices):
-        return tf.cond(tf.reduce_all(tf.shape(indices) == tf.shape(first)),
-                       lambda: tf.reduce_all(tf.equal(indices, first)), lambda: tf.constant(False))
-
-    shared = tf.reduce_all(tf.stack([same_ids(s.indices) for s in slices[1:]]))
-    values, indices = tf.cond(
-        shared,
-        lambda: (tf.add_n([s.values for s in slices]), first),
-        lambda: (tf.concat([s.values for s in slices], axis=0),
-                 tf.concat([s.indices for s in slices], axis=0)),
-    )
-    return tf.IndexedSlices(values, indices, slices[0].dense_shape)
-
-
 def one_device_gradients(model: keras.Model, data_batch) -> list[bool]:
     """Which trainable weights of `model` get a gradient when it trains
     unsplit on one device: a trace of its train step's loss, never run."""
+    data_batch = tuple(data_batch) if isinstance(data_batch, (list, tuple)) else (data_batch,)
     specs = keras.tree.map_structure(
-        lambda t: None if t is None else tf.TensorSpec(t.shape, t.dtype), tuple(data_batch))
+        lambda t: None if t is None else tf.TensorSpec(t.shape, t.dtype), data_batch)
     found = []
 
     def step(data):

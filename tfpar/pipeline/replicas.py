@@ -12,7 +12,7 @@ then carries the sum between processes over gRPC).
 
 IndexedSlices (embedding lookups) are gathered instead (`CollectiveGather`)
 and combined as one device would have computed them
-(`gradients.combine_slices`), so Adam and RMSprop see the same sparse update.
+(`microbatch.combine_slices`), so Adam and RMSprop see the same sparse update.
 
 Example:
     >>> groups(["/cpu:0", "/cpu:1", "/cpu:2", "/cpu:3"], 2)
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar.pipeline import gradients
+from tfpar import microbatch
 
 # Group and instance keys of tfpar's collectives: far above the ones
 # tf.distribute hands out in the same process, which count up from 1.
@@ -161,5 +161,5 @@ class StageAllReduce:
         # Members' slices differ in length (their samples' lookups).
         values = self._gather_parts(grad.values, ("values", position))
         indices = self._gather_parts(grad.indices, ("indices", position))
-        return gradients.combine_slices(
+        return microbatch.combine_slices(
             [tf.IndexedSlices(v, i, grad.dense_shape) for v, i in zip(values, indices)])

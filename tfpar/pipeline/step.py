@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tfpar.pipeline import remat, split_backward
 from tfpar.pipeline.gradients import tensors_of
-from tfpar.pipeline.microbatch import MicroBatches
+from tfpar.microbatch import MicroBatches
 from tfpar.pipeline.stage_calls import (added_losses, differentiable, differentiable_keyed,
                                         loss_sources, run)
 

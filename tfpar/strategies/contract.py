@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from tfpar import inputs, replica
+from tfpar.strategies import replica_steps
 from tfpar.strategies.equal_shares import equal_shares
 
 
@@ -67,6 +68,37 @@ def check_divisible(x, fit_kwargs: dict, parts: int, what: str, *, uneven_note: 
         )
 
 
+def check_microbatches(batch: int | None, replicas: int, microbatches: int) -> None:
+    """Checks each replica's share of the global batch cuts into
+    `microbatches` equal micro-batches (an epoch's short last batch is cut
+    as evenly as it goes).
+
+    Raises:
+      ValueError: the per-replica batch is not divisible by `microbatches`.
+
+    Example:
+        >>> check_microbatches(64, 2, 4)
+        >>> check_microbatches(64, 2, 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: microbatches must divide each replica's share of the batch: batch_size=64 over 2 replicas is 32 per replica, which 3 micro-batches do not divide. Use batch_size=60 or 66, or microbatches=2.
+    """
+    if batch is None or microbatches == 1:
+        return
+    share = batch // replicas
+    if share % microbatches:
+        step = replicas * microbatches
+        lower = max(step, batch // step * step)
+        divisor = max(d for d in range(1, microbatches + 1) if share % d == 0)
+        raise ValueError(
+            "microbatches must divide each replica's share of the batch: "
+            f"batch_size={batch} over {replicas} replica{'s' if replicas > 1 else ''} is "
+            f"{share} per replica, which "
+            f"{microbatches} micro-batches do not divide. Use batch_size={lower} or "
+            f"{lower + step}, or microbatches={divisor}."
+        )
+
+
 class _Distribute:
     """A `tf.distribute.Strategy` as a runner: a twin built in its scope."""
 
@@ -74,23 +106,27 @@ class _Distribute:
         self.strategy = strategy
 
     def check_fit(self, x, fit_kwargs: dict) -> None:
+        replicas = self.strategy.num_replicas_in_sync
         check_divisible(
-            x, fit_kwargs, self.strategy.num_replicas_in_sync, "replicas",
+            x, fit_kwargs, replicas, "replicas",
             # A short batch is padded to equal shares and stays exact
             # (equal_shares), or, for a model with its own train_step,
             # warned about there.
             uneven_note=None,
         )
+        check_microbatches(inputs.global_batch(x, fit_kwargs), replicas,
+                           getattr(self.strategy, "microbatches", 1))
 
     def recreate(self, model: keras.Model) -> keras.Model:
         return replica.recreate(model, self.strategy.scope())
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
+        replica_steps.check_microbatches(model, getattr(self.strategy, "microbatches", 1))
         with self.strategy.scope(), equal_shares(model, self.strategy):
             return model.fit(x, y, **fit_kwargs)
 
     def predict(self, model: keras.Model, x, predict_kwargs: dict):
-        with self.strategy.scope():
+        with self.strategy.scope(), replica_steps.active(self.strategy):
             return model.predict(x, **predict_kwargs)
 
     def evaluate(self, model: keras.Model, x, y, evaluate_kwargs: dict):

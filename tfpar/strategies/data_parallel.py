@@ -15,9 +15,10 @@ import itertools
 
 import tensorflow as tf
 
+from tfpar import checks, internals
 from tfpar import devices as devices_lib
-from tfpar import internals
 from tfpar.strategies import compression as compression_lib
+from tfpar.strategies import replica_steps
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
 ALL_REDUCE = ("auto", "ring", "nccl", "reduce_to_one")
@@ -51,6 +52,12 @@ class DataParallel(tf.distribute.MirroredStrategy):
         XLA-compiled steps, where TensorFlow always uses its own collectives.
       bytes_per_pack: collectives are packed into chunks of about this many
         bytes; 0 packs everything into one (TensorFlow's default).
+      microbatches: k: in `fit_distributed`, each replica runs its share of
+        the batch as k micro-batches one after another and sums their
+        gradients locally; the optimizer all-reduces once per step. The
+        same training as one device at the same global batch, with about
+        1/k of the activation memory (BatchNormalization then normalizes
+        over each micro-batch). k must divide each replica's share.
 
     Example:
         >>> devices = tfpar.configure_devices(cpu=2)
@@ -66,8 +73,10 @@ class DataParallel(tf.distribute.MirroredStrategy):
         all_reduce: str = "auto",
         compression: str | None = None,
         bytes_per_pack: int = 0,
+        microbatches: int = 1,
     ):
         compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
+        checks.whole_number("microbatches", microbatches, minimum=1)
         names = devices_lib.resolve(devices)
         if all_reduce == "nccl" and not all("GPU" in n.upper() for n in names):
             raise ValueError(
@@ -83,6 +92,7 @@ class DataParallel(tf.distribute.MirroredStrategy):
         self.all_reduce = all_reduce
         self.compression = compression
         self.bytes_per_pack = bytes_per_pack
+        self.microbatches = microbatches
         _configure_collectives(self.extended, all_reduce, bytes_per_pack)
         compression_lib.install(self.extended, compression)
 
@@ -90,8 +100,14 @@ class DataParallel(tf.distribute.MirroredStrategy):
         return (
             f"DataParallel(devices={list(self.extended.worker_devices)}, "
             f"all_reduce={self.all_reduce!r}, compression={self.compression!r}, "
-            f"bytes_per_pack={self.bytes_per_pack})"
+            f"bytes_per_pack={self.bytes_per_pack}, microbatches={self.microbatches})"
         )
+
+    def experimental_distribute_dataset(self, dataset, options=None):
+        # fit_distributed replaces this for its fit; reaching it with
+        # micro-batches means plain Keras, which would ignore them.
+        replica_steps.warn_unless_installed(self)
+        return super().experimental_distribute_dataset(dataset, options)
 
 
 def _configure_collectives(extended, all_reduce, bytes_per_pack) -> None:

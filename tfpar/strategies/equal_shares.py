@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from tfpar import internals
+from tfpar.strategies import replica_steps
 
 
 @contextlib.contextmanager
@@ -36,14 +37,21 @@ def equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
 
     For the duration, the strategy's `experimental_distribute_dataset`
     pads batches (only those with targets: prediction is left alone), and
-    the model's train and test steps read the padding marks. A model that
+    the model's train and test steps read the padding marks and run the
+    strategy's `microbatches` (`replica_steps`). A model that
     overrides `train_step` or `test_step` keeps its own steps and
     tf.distribute's uneven split (a warning says so).
     """
+    with replica_steps.active(strategy), _equal_shares(model, strategy):
+        yield
+
+
+@contextlib.contextmanager
+def _equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
     replicas = strategy.num_replicas_in_sync
-    custom = [name for name in ("train_step", "test_step")
-              if getattr(type(model), name) is not getattr(keras.Model, name)]
-    if replicas == 1:
+    microbatches = getattr(strategy, "microbatches", 1)
+    custom = replica_steps.custom_steps(model)
+    if replicas == 1 and (microbatches == 1 or custom):
         yield
         return
     if custom:
@@ -63,7 +71,7 @@ def equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
     distribute = strategy.experimental_distribute_dataset
     strategy.experimental_distribute_dataset = lambda dataset, options=None: distribute(
         pad_dataset(dataset, replicas, scale_real=scale), options)
-    steps = _MarkedSteps(model)
+    steps = replica_steps.ReplicaSteps(model, microbatches)
     steps.install()
     try:
         with _local_symbolic_build(model, strategy, marked=True):
@@ -100,78 +108,6 @@ def pad_dataset(dataset: tf.data.Dataset, replicas: int, *, scale_real: bool = T
     return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-class _MarkedSteps:
-    """The train and test steps of Keras' TensorFlow trainer (Keras 3.15),
-    on padded batches: the loss weighs each row by its mark, the loss
-    tracker counts the real rows only, and metrics see the real rows only
-    (padding sits at the end of each replica's share)."""
-
-    def __init__(self, model: keras.Model):
-        self.model = model
-
-    def install(self) -> None:
-        self.model.train_step = self.train_step
-        self.model.test_step = self.test_step
-
-    def remove(self) -> None:
-        model = self.model
-        del model.train_step, model.test_step
-        # Keras caches the functions traced from the steps.
-        model.train_function = model.test_function = None
-
-    def train_step(self, data):
-        model = self.model
-        with tf.GradientTape() as tape:
-            x, y, y_pred, loss = self._forward(data, training=True)
-            scaled = model.optimizer.scale_loss(loss)
-        variables = model.trainable_weights
-        if variables:
-            model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        else:
-            warnings.warn("The model does not have any trainable weights.")
-        return self._metrics(data, y_pred)
-
-    def test_step(self, data):
-        _, _, y_pred, _ = self._forward(data, training=False)
-        return self._metrics(data, y_pred)
-
-    def _forward(self, data, *, training: bool):
-        model = self.model
-        x, y, weights, marks = _unpack(data)
-        y_pred = model(x, training=training) if internals.call_has_training_arg(model) else model(x)
-        if weights is None:
-            # One weight per sample, shaped (n, 1, ...) like each target so
-            # that Keras broadcasts it over whatever axes the loss keeps.
-            weights = keras.tree.map_structure(
-                lambda t: tf.reshape(marks, [-1] + [1] * (max(t.shape.rank, 1) - 1)), y)
-        else:
-            weights = keras.tree.map_structure(
-                lambda w: w * tf.reshape(tf.cast(marks, w.dtype), [-1] + [1] * (w.shape.rank - 1)),
-                weights)
-        loss = internals.compute_loss(model, x=x, y=y, y_pred=y_pred, sample_weight=weights,
-                                      training=training)
-        # The tracker averages over real samples: this replica's loss is a
-        # mean over its whole share scaled by `marks` (and by 1/replicas).
-        share = tf.cast(tf.shape(marks)[0], loss.dtype)
-        real = tf.cast(tf.math.count_nonzero(marks), loss.dtype)
-        scale = tf.cast(tf.reduce_max(marks), loss.dtype)
-        per_real = tf.math.divide_no_nan(internals.unscale_loss_for_distribution(loss) * share, scale * real)
-        internals.loss_tracker(model).update_state(per_real, sample_weight=real)
-        return x, y, y_pred, loss
-
-    def _metrics(self, data, y_pred):
-        x, y, weights, marks = _unpack(data)
-        real = tf.math.count_nonzero(marks, dtype=tf.int32)
-        cut = lambda tree: keras.tree.map_structure(lambda t: t[:real], tree)  # noqa: E731
-        return self.model.compute_metrics(
-            cut(x), cut(y), cut(y_pred), sample_weight=None if weights is None else cut(weights))
-
-
-def _unpack(data):
-    """(x, y, sample_weight or None, marks) of a padded element."""
-    return (*data[:2], data[2] if len(data) == 4 else None, data[-1])
-
-
 @contextlib.contextmanager
 def _local_symbolic_build(model: keras.Model, strategy, *, marked: bool):
     """Builds metric and optimizer state from one replica's share of the
@@ -184,7 +120,7 @@ def _local_symbolic_build(model: keras.Model, strategy, *, marked: bool):
         data_batch = keras.tree.map_structure(
             lambda v: strategy.experimental_local_results(v)[0] if v is not None else None, data_batch)
         if marked and data_batch is not None:
-            data_batch = _unpack(data_batch)[:3]
+            data_batch = replica_steps.unpack(data_batch)[:3]
         with strategy.scope():
             internals.symbolic_build(model, data_batch)
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfpar import checks
 from tfpar import devices as devices_lib
 from tfpar.cluster import peers, startup, tf_config
 from tfpar.strategies import compression as compression_lib
+from tfpar.strategies import replica_steps
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
 # TensorFlow allows one set of collectives per process: the first
@@ -38,6 +40,8 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
       compression: None, "fp16" or "bf16": gradients travel in that dtype.
       bytes_per_pack: pack collectives into chunks of about this many bytes
         (0: one pack).
+      microbatches: k sequential micro-batches per replica, gradients summed
+        locally, one all-reduce per step (see `DataParallel`).
       timeout_seconds: a collective that has not completed after this long
         fails with an error instead of hanging (a dead or stuck peer); also
         how long to wait for every worker in TF_CONFIG to start (default 300
@@ -64,10 +68,12 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         all_reduce: str = "auto",
         compression: str | None = None,
         bytes_per_pack: int = 0,
+        microbatches: int = 1,
         timeout_seconds: float | None = None,
         virtual_devices: int | None = None,
     ):
         compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
+        checks.whole_number("microbatches", microbatches, minimum=1)
         if virtual_devices is not None:
             # Before TensorFlow starts: each worker's CPU as N logical
             # devices, the stages of a pipeline replica (data_parallel="workers").
@@ -82,6 +88,7 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
             peers.wait_for_peers(self.config, timeout_seconds or _STARTUP_SECONDS)
         self.all_reduce, self.compression = all_reduce, compression
         self.bytes_per_pack, self.timeout_seconds = bytes_per_pack, timeout_seconds
+        self.microbatches = microbatches
         options = tf.distribute.experimental.CommunicationOptions(
             bytes_per_pack=bytes_per_pack, timeout_seconds=timeout_seconds,
             implementation=ALL_REDUCE[all_reduce],
@@ -148,5 +155,11 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         return (
             f"MultiWorker(task={self.config.task_type}:{self.config.task_index} of "
             f"{self.config.num_workers}, all_reduce={self.all_reduce!r}, "
-            f"compression={self.compression!r}, timeout_seconds={self.timeout_seconds})"
+            f"compression={self.compression!r}, microbatches={self.microbatches}, "
+            f"timeout_seconds={self.timeout_seconds})"
         )
+
+    def experimental_distribute_dataset(self, dataset, options=None):
+        # As DataParallel's: only plain Keras reaches this with micro-batches.
+        replica_steps.warn_unless_installed(self)
+        return super().experimental_distribute_dataset(dataset, options)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpar.pipeline.microbatch import MicroBatches, split_sizes
+from tfpar.microbatch import MicroBatches, split_sizes
 
 
 @pytest.mark.parametrize("batch, parts", [(7, 3), (8, 4), (2, 4), (1, 2), (5, 1)])

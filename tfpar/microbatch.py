@@ -1,4 +1,5 @@
-"""A batch cut into M micro-batches, and put back together.
+"""A batch cut into M micro-batches, and put back together (with their
+sparse gradients, `combine_slices`): shared by the pipeline and data parallel.
 
 Micro-batch m holds a near-equal slice of the batch and counts by its share
 n_m / n, so that the micro-batches' summed gradients are the gradient of the
@@ -87,3 +88,43 @@ def split_structure(structure, split, parts: int) -> list:
         return [None] * parts
     pieces = [split(t) for t in keras.tree.flatten(structure)]
     return [keras.tree.pack_sequence_as(structure, [p[i] for p in pieces]) for i in range(parts)]
+
+
+def combine_slices(slices: list) -> tf.IndexedSlices:
+    """The IndexedSlices gradient one device would compute from the
+    micro-batches' gradients of one embedding table.
+
+    A lookup per sample (token ids) gives one entry per sample, so the
+    batch's gradient is the micro-batches' entries side by side. A lookup
+    shared by all samples (positions, `ops.arange`) gives the same ids in
+    every micro-batch, each entry already summed over its samples, so the
+    batch's gradient is those ids with the values summed. The two differ for
+    Adam and RMSprop, which square each entry. Identical ids in every
+    micro-batch are taken as the shared case (token ids coincide so only
+    when every micro-batch holds the same samples).
+
+    Example:
+        >>> a = tf.IndexedSlices(tf.constant([[1.0]]), tf.constant([3]), tf.constant([5, 1]))
+        >>> b = tf.IndexedSlices(tf.constant([[2.0]]), tf.constant([3]), tf.constant([5, 1]))
+        >>> combine_slices([a, b]).values.numpy().tolist()  # shared ids: summed
+        [[3.0]]
+        >>> c = tf.IndexedSlices(tf.constant([[2.0]]), tf.constant([4]), tf.constant([5, 1]))
+        >>> combine_slices([a, c]).indices.numpy().tolist()  # per sample: side by side
+        [3, 4]
+    """
+    if len(slices) == 1:
+        return slices[0]
+    first = slices[0].indices
+
+    def same_ids(indices):
+        return tf.cond(tf.reduce_all(tf.shape(indices) == tf.shape(first)),
+                       lambda: tf.reduce_all(tf.equal(indices, first)), lambda: tf.constant(False))
+
+    shared = tf.reduce_all(tf.stack([same_ids(s.indices) for s in slices[1:]]))
+    values, indices = tf.cond(
+        shared,
+        lambda: (tf.add_n([s.values for s in slices]), first),
+        lambda: (tf.concat([s.values for s in slices], axis=0),
+                 tf.concat([s.indices for s in slices], axis=0)),
+    )
+    return tf.IndexedSlices(values, indices, slices[0].dense_shape)

@@ -1,0 +1,216 @@
+"""The train and test steps each data-parallel replica runs.
+
+Keras' own steps (TensorFlow trainer, Keras 3.15) with two additions:
+
+- Padded batches (`equal_shares`): each element carries a mark per row,
+  the loss weight of that row (0 for padding). The loss weighs each row by
+  its mark, the loss tracker counts the real rows only, and metrics see the
+  real rows only (padding sits at the end of each replica's share).
+- Micro-batches (`microbatches=k`): the replica's share runs as k
+  micro-batches, one after another, each micro-batch's forward waiting for
+  the previous one's gradients, so that one micro-batch's activations are
+  alive at a time. Each micro-batch's mean loss counts by its share of the
+  replica's rows, so the summed gradient is the share's: the optimizer then
+  all-reduces once per step, as without micro-batches.
+
+Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> steps = ReplicaSteps(model, microbatches=2)
+    >>> steps.install()  # fit_distributed does this in the strategy's scope
+    >>> steps.remove()
+    >>> custom_steps(model)  # Keras' own steps: micro-batches apply
+    []
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import keras
+import tensorflow as tf
+
+from tfpar import internals, microbatch
+
+
+class ReplicaSteps:
+    """Installs marked, micro-batched train and test steps on a model.
+
+    Args:
+      model: the compiled model (tfpar's replica of the caller's).
+      microbatches: k, the sequential micro-batches of each replica's share.
+    """
+
+    def __init__(self, model: keras.Model, microbatches: int = 1):
+        self.model = model
+        self.microbatches = microbatches
+
+    def install(self) -> None:
+        self.model.train_step = self.train_step
+        self.model.test_step = self.test_step
+
+    def remove(self) -> None:
+        model = self.model
+        del model.train_step, model.test_step
+        # Keras caches the functions traced from the steps.
+        model.train_function = model.test_function = None
+
+    def train_step(self, data):
+        model = self.model
+        x, y, weights, marks = unpack(data)
+        weights = _row_weights(y, weights, marks)
+        variables = model.trainable_weights
+        k = self.microbatches
+        if k == 1:
+            parts, shares = [(x, y, weights)], [None]
+        else:
+            micro = microbatch.MicroBatches(keras.tree.flatten(x), (y, weights), None, k)
+            parts = [(keras.tree.pack_sequence_as(x, micro.x[m]), *micro.y[m]) for m in range(k)]
+            shares = [micro.share(m, tf.float32) for m in range(k)]
+        loss, predictions, previous = None, [], []
+        grads = [None] * len(variables)
+        for (part_x, part_y, part_weights), share in zip(parts, shares):
+            # One micro-batch's activations at a time: its forward waits for
+            # the previous micro-batch's gradients.
+            with tf.control_dependencies(previous), tf.GradientTape() as tape:
+                y_pred = _call(model, part_x, training=True)
+                part_loss = internals.compute_loss(model, x=part_x, y=part_y, y_pred=y_pred,
+                                                   sample_weight=part_weights, training=True)
+                if share is not None:
+                    # A micro-batch's mean counts by its share of the rows.
+                    part_loss = part_loss * tf.cast(share, part_loss.dtype)
+                scaled = model.optimizer.scale_loss(part_loss)
+            part_grads = tape.gradient(scaled, variables) if variables else []
+            grads = [_sum(g, p) for g, p in zip(grads, part_grads)]
+            # The next forward waits for the running sums, so that this
+            # micro-batch's gradients are added (and freed) first.
+            previous = [t for g in grads if g is not None
+                        for t in ([p.values for p in g] if isinstance(g, list) else [g])]
+            loss = part_loss if loss is None else loss + part_loss
+            predictions.append(y_pred)
+        grads = [microbatch.combine_slices(g) if isinstance(g, list) else g for g in grads]
+        _track_loss(model, loss, marks)
+        if variables:
+            model.optimizer.apply_gradients(zip(grads, variables))
+        else:
+            warnings.warn("The model does not have any trainable weights.")
+        if k == 1:
+            y_pred = predictions[0]
+        else:
+            flat = [micro.merge(list(p)) for p in zip(*[keras.tree.flatten(p) for p in predictions])]
+            y_pred = keras.tree.pack_sequence_as(predictions[0], flat)
+        return self._metrics(data, y_pred)
+
+    def test_step(self, data):
+        model = self.model
+        x, y, weights, marks = unpack(data)
+        y_pred = _call(model, x, training=False)
+        loss = internals.compute_loss(model, x=x, y=y, y_pred=y_pred,
+                                      sample_weight=_row_weights(y, weights, marks), training=False)
+        _track_loss(model, loss, marks)
+        return self._metrics(data, y_pred)
+
+    def _metrics(self, data, y_pred):
+        x, y, weights, marks = unpack(data)
+        real = tf.math.count_nonzero(marks, dtype=tf.int32)
+        cut = lambda tree: keras.tree.map_structure(lambda t: t[:real], tree)  # noqa: E731
+        return self.model.compute_metrics(
+            cut(x), cut(y), cut(y_pred), sample_weight=None if weights is None else cut(weights))
+
+
+# Ids of the strategies whose datasets fit_distributed is distributing.
+_ACTIVE = set()
+
+
+@contextlib.contextmanager
+def active(strategy):
+    """Marks `strategy` as run by tfpar for the duration."""
+    _ACTIVE.add(id(strategy))
+    try:
+        yield
+    finally:
+        _ACTIVE.discard(id(strategy))
+
+
+def warn_unless_installed(strategy) -> None:
+    """Warns when a strategy with micro-batches distributes a dataset
+    outside `fit_distributed` (plain `model.fit` in its scope), where
+    Keras' own step runs and micro-batches would be ignored."""
+    if getattr(strategy, "microbatches", 1) > 1 and id(strategy) not in _ACTIVE:
+        warnings.warn(
+            f"{type(strategy).__name__}(microbatches={strategy.microbatches}) cuts each "
+            "replica's share into micro-batches only in tfpar.fit_distributed; plain "
+            "model.fit in the strategy's scope runs Keras' own step on whole shares.",
+            stacklevel=3,
+        )
+
+
+def custom_steps(model: keras.Model) -> list[str]:
+    """Which of `train_step` and `test_step` the model's class overrides."""
+    return [name for name in ("train_step", "test_step")
+            if getattr(type(model), name) is not getattr(keras.Model, name)]
+
+
+def check_microbatches(model: keras.Model, microbatches: int) -> None:
+    """Refuses, before training, micro-batches for a model whose own
+    `train_step` tfpar cannot cut.
+
+    Raises:
+      ValueError: `microbatches` > 1 and the model overrides `train_step`.
+    """
+    if microbatches > 1 and "train_step" in custom_steps(model):
+        raise ValueError(
+            f"microbatches={microbatches} runs Keras' train step on {microbatches} micro-batches "
+            f"per replica, but model {model.name!r} overrides ['train_step'], which tfpar "
+            "runs as it is and cannot cut. Use microbatches=1, or accumulate gradients "
+            "inside your train_step."
+        )
+
+
+def unpack(data):
+    """(x, y, sample_weight or None, marks) of a padded element."""
+    return (*data[:2], data[2] if len(data) == 4 else None, data[-1])
+
+
+def _call(model, x, *, training: bool):
+    return model(x, training=training) if internals.call_has_training_arg(model) else model(x)
+
+
+def _row_weights(y, weights, marks):
+    """The sample weights with each row's mark applied."""
+    if weights is None:
+        # One weight per sample, shaped (n, 1, ...) like each target so
+        # that Keras broadcasts it over whatever axes the loss keeps.
+        return keras.tree.map_structure(
+            lambda t: tf.reshape(marks, [-1] + [1] * (max(t.shape.rank, 1) - 1)), y)
+    return keras.tree.map_structure(
+        lambda w: w * tf.reshape(tf.cast(marks, w.dtype), [-1] + [1] * (w.shape.rank - 1)), weights)
+
+
+def _track_loss(model, loss, marks) -> None:
+    # The tracker averages over real samples: this replica's loss is a
+    # mean over its whole share scaled by `marks` (and by 1/replicas).
+    share = tf.cast(tf.shape(marks)[0], loss.dtype)
+    real = tf.cast(tf.math.count_nonzero(marks), loss.dtype)
+    scale = tf.cast(tf.reduce_max(marks), loss.dtype)
+    per_real = tf.math.divide_no_nan(internals.unscale_loss_for_distribution(loss) * share, scale * real)
+    internals.loss_tracker(model).update_state(per_real, sample_weight=real)
+
+
+def _sum(total, grad):
+    """Adds one micro-batch's gradient to the running sum. IndexedSlices
+    (embedding lookups) are collected, to be combined as one device would
+    have computed them (`microbatch.combine_slices`)."""
+    if grad is None:
+        return total
+    if total is None:
+        return [grad] if isinstance(grad, tf.IndexedSlices) else grad
+    if isinstance(total, list):
+        if isinstance(grad, tf.IndexedSlices):
+            return total + [grad]
+        # One tape sums a dense and a sparse gradient into a dense one.
+        return tf.convert_to_tensor(microbatch.combine_slices(total)) + grad
+    if isinstance(grad, tf.IndexedSlices):
+        return total + tf.convert_to_tensor(grad)
+    return total + grad
