@@ -4,10 +4,20 @@ Imported by the worker scripts the tests launch (PYTHONPATH includes tests/)
 and by the tests themselves for the one-process reference.
 """
 
+import os
+import pathlib
+
 import keras
 import numpy as np
 
 import tfpar
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def worker_env():
+    """The environment a launched worker needs to import tfpar and this."""
+    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TF_CPP_MIN_LOG_LEVEL="2")
 
 
 # The other reference models, for "every model under every strategy"; SGD
@@ -25,7 +35,7 @@ def data(kind="mlp"):
             rng.integers(0, 3, samples).astype("int32"))
 
 
-def model(hidden=(16, 8), kind="mlp"):
+def model(hidden=(16, 8), kind="mlp", steps_per_execution=1):
     keras.utils.set_random_seed(0)
     optimizer = keras.optimizers.Adam(0.01)
     if kind == "cnn":
@@ -36,7 +46,7 @@ def model(hidden=(16, 8), kind="mlp"):
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     else:
         net = tfpar.models.mlp(12, 3, hidden=hidden)
-    net.compile(optimizer=optimizer,
+    net.compile(optimizer=optimizer, steps_per_execution=steps_per_execution,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return net
 

@@ -107,6 +107,10 @@ def test_mirrored_strategy_accessors():
     holds(internals.communication_options(strategy.extended).bytes_per_pack == 1024,
           "communication_options")
     holds(isinstance(internals.cross_device_ops(strategy.extended), CastingAllReduce), "cross_device_ops")
+    inner = internals.cross_device_ops(DataParallel(2).extended)
+    holds(internals.between_graph_workers(inner) == 1, "between_graph_workers on one host")
+    holds(isinstance(internals.canonicalize_devices(inner), bool), "canonicalize_devices")
+    holds(callable(getattr(inner, "_gather", None)), "gather")
     keys = strategy.extended._collective_keys  # noqa: SLF001  (what the key base sets)
     holds(keys._group_key > 100_000, "set_collective_key_base")  # noqa: SLF001
     values = [tf.constant(1.0), tf.constant(2.0)]

@@ -17,11 +17,15 @@ def run(argv):
     train.main(["tfpar.train"])
 
 
+def held_out_accuracy(out: str) -> float:
+    return float(out.split("held-out accuracy: ")[1].split()[0])
+
+
 def test_default_job_trains_digits_and_saves(tmp_path, capsys):
-    run(["--epochs=6"])
+    run(["--epochs=15"])
     out = capsys.readouterr().out
-    accuracy = float(out.split("held-out accuracy: ")[1].split()[0])
-    assert accuracy >= 0.9  # 6 epochs (measured 0.95); the full default (30) reaches >= 0.95
+    accuracy = held_out_accuracy(out)
+    assert accuracy >= 0.95  # 15 epochs (measured 0.986); the full default (30) reaches 0.989
     assert "devices: " in out and "batch: global 64, per replica" in out
     saved = tmp_path / "tfpar_model.keras"
     assert f"saved model to tfpar_model.keras" in out and saved.exists()
@@ -29,6 +33,13 @@ def test_default_job_trains_digits_and_saves(tmp_path, capsys):
 
     restored = keras.models.load_model(saved)
     assert restored.count_params() == int(out.split("model: mlp, ")[1].split()[0].replace(",", ""))
+    # PowerSGD (rank 2, error feedback): within 1 point of uncompressed
+    # after the same epochs (measured on 4 replicas: 0.978 against 0.986
+    # after 15, 0.989 both after the full 30; after 6 it is 4 points behind).
+    run(["--epochs=15", "--compression=powersgd", "--save="])
+    out = capsys.readouterr().out
+    assert "compression=PowerSGD(rank=2)" in out
+    assert held_out_accuracy(out) >= accuracy - 0.01
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -50,6 +61,9 @@ def test_default_job_trains_digits_and_saves(tmp_path, capsys):
     (["--devices=2", "--microbatches=3"],
      "divisible by 2 replica\\(s\\) x 3 micro-batch\\(es\\) = 6. Received: 64"),
     (["--data_parallel=2"], "--data_parallel applies to --strategy=split or gpipe"),
+    (["--strategy=gpipe", "--compression=powersgd"], "--compression applies to --strategy=mirrored"),
+    (["--strategy=split", "--microbatches=8"], "--microbatches applies to --strategy=gpipe.*Received: --microbatches=8"),
+    (["--strategy=split", "--schedule=zb1"], "--schedule applies to --strategy=gpipe"),
     (["--strategy=gpipe", "--devices=3", "--data_parallel=2"], "--data_parallel: data_parallel=2 .* Received 3 devices"),
     (["--strategy=gpipe", "--data_parallel=2", "--microbatches=4", "--batch_size=36"],
      "divisible by 2 replica\\(s\\) x 4 micro-batch\\(es\\) = 8. Received: 36"),

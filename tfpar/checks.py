@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def is_whole(value, minimum: int = 1) -> bool:
     """True for an int (not a bool) of at least `minimum`."""
@@ -36,6 +38,24 @@ def whole_number(name: str, value, *, minimum: int = 1, meaning: str = "") -> in
             f"{name} must be a whole number >= {minimum}{meaning}. Received: {name}={value!r}."
         )
     return value
+
+
+def boolean(name: str, value) -> bool:
+    """Returns `value` if it is a bool (or numpy bool): a string such as
+    "no" would otherwise read as True.
+
+    Raises:
+      ValueError: anything else.
+
+    Example:
+        >>> boolean("rematerialize", "no")
+        Traceback (most recent call last):
+        ...
+        ValueError: rematerialize must be True or False. Received: rematerialize='no'.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False. Received: {name}={value!r}.")
+    return bool(value)
 
 
 def keras_arguments(name: str, method: str, kwargs: dict, allowed) -> None:

@@ -18,6 +18,7 @@ import contextlib
 
 import keras
 import tensorflow as tf
+from keras.src.backend.tensorflow.trainer import reduce_per_replica as _reduce_per_replica
 from keras.src.losses.loss import unscale_loss_for_distribution
 from tensorflow.python.distribute import values as tf_values
 
@@ -184,6 +185,27 @@ def cross_device_ops(extended) -> tf.distribute.CrossDeviceOps:
 
 def set_cross_device_ops(extended, ops: tf.distribute.CrossDeviceOps) -> None:
     extended._cross_device_ops = ops  # pylint: disable=protected-access
+
+
+def between_graph_workers(ops: tf.distribute.CrossDeviceOps):
+    """How many processes a CrossDeviceOps reduces across (1 on one host).
+    A wrapper must report its inner implementation's: with 1, TensorFlow's
+    `batch_reduce` skips the exchange when a process has one replica."""
+    return ops._num_between_graph_workers  # pylint: disable=protected-access
+
+
+def canonicalize_devices(ops: tf.distribute.CrossDeviceOps) -> bool:
+    return ops._canonicalize_devices  # pylint: disable=protected-access
+
+
+def gather(ops: tf.distribute.CrossDeviceOps, value, destinations, axis, options):
+    """`ops`' all-gather, which strategies call on it directly."""
+    return ops._gather(value, destinations=destinations, axis=axis, options=options)  # pylint: disable=protected-access
+
+
+def reduce_per_replica(value, strategy, reduction: str):
+    """Keras' reduction of a step's per-replica outputs (its train function's)."""
+    return _reduce_per_replica(value, strategy, reduction=reduction)
 
 
 def per_replica(values: list):

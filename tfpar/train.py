@@ -38,6 +38,9 @@ flags.DEFINE_integer("microbatches", None,
 flags.DEFINE_integer("data_parallel", 1,
                      "Pipeline replicas trained data parallel (split, gpipe): the devices are "
                      "read as this many groups, one replica each.")
+flags.DEFINE_enum("compression", "none", ["none", "fp16", "bf16", "powersgd"],
+                  "How data-parallel gradients travel (mirrored; for multi_worker give it to "
+                  "tfpar.launch): cast to fp16/bf16, or PowerSGD rank-2 factors.")
 flags.DEFINE_string("balance", "auto",
                     "Layers per stage (split, gpipe): params, flops, time, a list such as 5,3, or "
                     "auto (the encoder/decoder split for the transformer on 2 devices, else params).")
@@ -112,15 +115,24 @@ def _strategy(tfpar):
     if FLAGS.strategy == "multi_worker":
         # Before any other TensorFlow work: collectives are set at startup.
         strategy = tfpar.strategies.MultiWorker.current()
+        compression = None if FLAGS.compression == "none" else FLAGS.compression
+        if tfpar.strategies.compression.resolve(compression) != strategy.compression:
+            raise app.UsageError(
+                f"--compression={FLAGS.compression}, but the workers' strategy was made at startup "
+                f"with compression={strategy.compression!r}: give it to the launcher, "
+                f"python -m tfpar.launch --compression={FLAGS.compression} ...")
         # Made at startup, from the launcher's options: micro-batches are
-        # read only when fit_distributed trains, so they can be set here.
-        strategy.microbatches = FLAGS.microbatches or 1
+        # read only when fit_distributed trains, so a flag can still set them.
+        if FLAGS.microbatches is not None:
+            strategy.microbatches = FLAGS.microbatches
         return strategy
     if FLAGS.virtual_devices:
         tfpar.configure_devices(cpu=FLAGS.virtual_devices)
     if FLAGS.strategy == "mirrored":
         try:
-            return tfpar.strategies.DataParallel(FLAGS.devices, microbatches=FLAGS.microbatches or 1)
+            return tfpar.strategies.DataParallel(
+                FLAGS.devices, microbatches=FLAGS.microbatches or 1,
+                compression=None if FLAGS.compression == "none" else FLAGS.compression)
         except ValueError as error:
             raise app.UsageError(f"--devices: {error}") from error
     return None  # PIPELINES: made once the model is known
@@ -264,6 +276,17 @@ def _check_flags() -> None:
                     f"one replica per local device, set up when tfpar starts. Received: "
                     f"--{name}={getattr(FLAGS, name)}."
                 )
+    if FLAGS.strategy == "split":
+        for name, default in (("microbatches", None), ("schedule", "gpipe"), ("rematerialize", False)):
+            if getattr(FLAGS, name) != default:
+                raise app.UsageError(
+                    f"--{name} applies to --strategy=gpipe (split runs one batch at a time). "
+                    f"Received: --{name}={getattr(FLAGS, name)} with --strategy=split."
+                )
+    if FLAGS.strategy in PIPELINES and FLAGS.compression != "none":
+        raise app.UsageError(
+            f"--compression applies to --strategy=mirrored or multi_worker (data parallel). "
+            f"Received: --compression={FLAGS.compression} with --strategy={FLAGS.strategy}.")
     if FLAGS.strategy not in PIPELINES:
         for name, default in (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False),
                               ("data_parallel", 1)):

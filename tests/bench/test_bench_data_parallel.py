@@ -24,3 +24,4 @@ def test_data_parallel_benchmark_reports_every_run():
     micro = out[out.index("micro-batches:"):]
     # k = 1 is always run, as the reference; one all-reduce per step each.
     assert [line.split()[3] for line in micro.splitlines()[3:5]] == ["1.000", "1.000"], micro
+    assert "gradient compression:" in out and "powersgd" in out

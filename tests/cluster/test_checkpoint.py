@@ -47,7 +47,7 @@ np.savez(os.path.join(out, f"weights_{{rank}}.npz"), *model.get_weights())
 
 
 def launch(tmp_path, kill_at):
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TF_CPP_MIN_LOG_LEVEL="2")
+    env = multi_worker_job.worker_env()
     return subprocess.run(
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1", "--",
          sys.executable, str(tmp_path / "job.py"), str(tmp_path), str(kill_at)],

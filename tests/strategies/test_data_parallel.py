@@ -116,3 +116,19 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
 def test_repr_shows_the_choices():
     text = repr(DataParallel(2, compression="bf16", bytes_per_pack=1024))
     assert "compression='bf16'" in text and "bytes_per_pack=1024" in text and "CPU:1" in text
+
+
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_several_steps_per_execution_train_like_one_device(microbatches, data):
+    # Keras' own while-loop step fails under MirroredStrategy ("You must
+    # feed a value for placeholder tensor 'while/body/...'"); tfpar unrolls.
+    x, y = data
+    fit = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
+    reference = compile_model(build_mlp(), steps_per_execution=3)
+    expected = reference.fit(x, y, **fit).history  # 6 steps an epoch: calls of 3
+    model = compile_model(build_mlp(), steps_per_execution=4)  # calls of 4 and 2
+    history = tfpar.fit_distributed(model, x, y, strategy=DataParallel(2, microbatches=microbatches),
+                                    **fit).history
+    assert_same_weights(weights_of(model), weights_of(reference))
+    for key, values in expected.items():
+        np.testing.assert_allclose(history[key], values, rtol=1e-5, err_msg=key)

@@ -7,7 +7,6 @@ global batch and data order, with the same loss history.
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -22,7 +21,7 @@ from tfpar.strategies import MultiWorker
 
 from conftest import assert_same_weights
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT, worker_env = multi_worker_job.ROOT, multi_worker_job.worker_env
 FIT = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
 JOB = f"""
 import json, os, sys
@@ -48,11 +47,14 @@ strategy.microbatches = 2
 model = job.model()
 tfpar.fit_distributed(model, *job.data(), strategy=strategy, **{FIT!r})
 np.savez(os.path.join(sys.argv[1], f"weights_micro_{{rank}}.npz"), *model.get_weights())
+# Several steps per call: 6 steps per epoch as calls of 4 and 2.
+strategy.microbatches = 1
+model = job.model(steps_per_execution=4)
+history = tfpar.fit_distributed(model, *job.data(), strategy=strategy, **{FIT!r})
+np.savez(os.path.join(sys.argv[1], f"weights_spe_{{rank}}.npz"), *model.get_weights())
+with open(os.path.join(sys.argv[1], f"history_spe_{{rank}}.json"), "w") as f:
+    json.dump(history.history, f)
 """
-
-
-def worker_env():
-    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def test_two_workers_train_exactly_like_one_process(tmp_path):
@@ -80,6 +82,14 @@ def test_two_workers_train_exactly_like_one_process(tmp_path):
     for a, b in zip(*micro):
         np.testing.assert_array_equal(a, b)
     assert_same_weights(micro[0], multi_worker_job.reference("mlp", **FIT)[0])
+    expected_weights, expected_history = multi_worker_job.reference("mlp", **FIT)
+    spe = [list(np.load(tmp_path / f"weights_spe_{r}.npz").values()) for r in (0, 1)]
+    for a, b in zip(*spe):
+        np.testing.assert_array_equal(a, b)
+    assert_same_weights(spe[0], expected_weights)
+    history = json.loads((tmp_path / "history_spe_0.json").read_text())
+    for key, values in expected_history.items():
+        np.testing.assert_allclose(history[key], values, rtol=1e-5, err_msg=f"steps_per_execution {key}")
 
 
 @pytest.mark.parametrize("kwargs, message", [

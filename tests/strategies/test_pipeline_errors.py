@@ -21,6 +21,9 @@ def model():
     (lambda: GPipe(2, schedule="interleaved"), r"schedule must be one of \['gpipe', '1f1b', 'zb1'\]. Received: schedule='interleaved'"),
     (lambda: ModelSplit(["/cpu:0", "/cpu:7"]), r"'/cpu:7' does not exist.*Available"),
     (lambda: ModelSplit(2, balance="memory"), r"balance must be one of \['params', 'flops', 'time'\].*'memory'"),
+    # A string would read as True.
+    (lambda: GPipe(2, rematerialize="no"), r"rematerialize must be True or False. Received: rematerialize='no'"),
+    (lambda: GPipe(2, record_timeline="yes"), r"record_timeline must be True or False"),
 ])
 def test_bad_strategy_arguments(make, message):
     with pytest.raises(ValueError, match=message):
@@ -116,3 +119,14 @@ def test_non_mean_loss_reduction_is_refused_when_micro_batching():
         tfpar.fit_distributed(m, x, y, batch_size=32, strategy=GPipe(2, microbatches=2), verbose=0)
     # One micro-batch weighs 1: any reduction is exact.
     tfpar.fit_distributed(m, x, y, batch_size=32, strategy=ModelSplit(2), verbose=0)
+
+
+@pytest.mark.parametrize("strategy", [lambda: ModelSplit(2), lambda: GPipe(2, schedule="zb1")])
+def test_xla_is_refused_before_training(strategy):
+    net = compile_model(build_mlp(), jit_compile=True)
+    before = weights_of(net)
+    with pytest.raises(ValueError, match=r"cannot run a model compiled with jit_compile=True.*"
+                                         r"jit_compile=False"):
+        tfpar.fit_distributed(net, x, y, batch_size=16, epochs=1, verbose=0, strategy=strategy())
+    for a, b in zip(weights_of(net), before):
+        np.testing.assert_array_equal(a, b)

@@ -136,6 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--virtual-devices", type=int, default=None,
                         help="split each worker's CPU into this many logical devices (the stages "
                              "of a pipeline replica per worker)")
+    parser.add_argument("--compression", choices=("fp16", "bf16", "powersgd"), default=None,
+                        help="how the workers' MultiWorker strategy sends gradients")
+    parser.add_argument("--microbatches", type=int, default=None,
+                        help="micro-batches per replica's share (gradients summed locally, one "
+                             "all-reduce per step)")
     args = parser.parse_args(argv)
     if not command:
         parser.error("give the command to run after --, e.g. -- python train.py")
@@ -143,7 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"-n must be >= 1. Received: -n {args.workers}.")
     if args.virtual_devices is not None and args.virtual_devices < 1:
         parser.error(f"--virtual-devices must be >= 1. Received: {args.virtual_devices}.")
-    options = {"virtual_devices": args.virtual_devices} if args.virtual_devices else None
+    if args.microbatches is not None and args.microbatches < 1:
+        parser.error(f"--microbatches must be >= 1. Received: {args.microbatches}.")
+    options = {name: getattr(args, name) for name in ("virtual_devices", "compression", "microbatches")
+               if getattr(args, name)} or None
     return launch(command, args.workers, threads_per_worker=args.threads_per_worker,
                   timeout_seconds=args.timeout_seconds, strategy_options=options)
 

@@ -1,6 +1,7 @@
 """How gradients travel: the all-reduce options both data-parallel
 strategies take (`check_options`), and compression: all-reduce in half
-precision, compute in full.
+precision (`CastingAllReduce`), or as PowerSGD's low-rank factors
+(`powersgd`).
 
 `CastingAllReduce` wraps any `tf.distribute.CrossDeviceOps`: floating values
 wider than the wire dtype are cast down before the exchange and back up after,
@@ -10,6 +11,8 @@ this adds no transport of its own.
 
 Example:
     >>> strategy = tfpar.strategies.DataParallel(2, compression="fp16")
+    >>> tfpar.strategies.DataParallel(2, compression="powersgd").compression
+    PowerSGD(rank=2)
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfpar import checks, internals
+from tfpar.strategies.all_reduce import WrappingAllReduce
+from tfpar.strategies.powersgd import PowerSGD, PowerSGDAllReduce
 
 WIRE_DTYPES = {"fp16": tf.float16, "bf16": tf.bfloat16}
+NAMES = [None, *WIRE_DTYPES, "powersgd"]
 
 
 def check_options(all_reduce: str, choices, compression: str | None, bytes_per_pack: int) -> None:
@@ -37,39 +43,56 @@ def check_options(all_reduce: str, choices, compression: str | None, bytes_per_p
     """
     if all_reduce not in choices:
         raise ValueError(f"all_reduce must be one of {list(choices)}. Received: all_reduce={all_reduce!r}.")
-    wire_dtype(compression)
+    resolve(compression)
     checks.whole_number("bytes_per_pack", bytes_per_pack, minimum=0, meaning=" (0 = one pack)")
 
 
-def wire_dtype(compression: str | None) -> tf.DType | None:
-    """Returns the dtype gradients travel in, or None for no compression.
+def resolve(compression):
+    """The compression option as tfpar uses it: None, a wire dtype name
+    ("fp16", "bf16"), or a `PowerSGD` ("powersgd" is `PowerSGD()`).
 
     Raises:
-      ValueError: an unknown compression name (the valid ones are listed).
+      ValueError: an unknown compression (the valid ones are listed).
     """
-    if compression is None:
-        return None
-    if compression not in WIRE_DTYPES:
-        raise ValueError(
-            f"compression must be one of {[None, *WIRE_DTYPES]}. "
-            f"Received: compression={compression!r}."
-        )
-    return WIRE_DTYPES[compression]
+    if compression is None or isinstance(compression, PowerSGD) or compression in WIRE_DTYPES:
+        return compression
+    if compression == "powersgd":
+        return PowerSGD()
+    raise ValueError(
+        f"compression must be one of {NAMES} or tfpar.strategies.PowerSGD(rank=...). "
+        f"Received: compression={compression!r}."
+    )
 
 
-def install(extended, compression: str | None) -> None:
-    """Makes a Mirrored-family strategy's reductions travel in `compression`.
+def install(strategy) -> None:
+    """Makes a Mirrored-family strategy's reductions travel as its
+    `compression` says.
 
     MirroredExtended (and its multi-worker subclass) send every reduction
-    through `_cross_device_ops`; wrapping it is how the cast reaches
-    TensorFlow's own collectives.
+    through `_cross_device_ops`; wrapping it is how the cast, or PowerSGD,
+    reaches TensorFlow's own collectives.
     """
-    wire = wire_dtype(compression)
-    if wire is not None:
-        internals.set_cross_device_ops(extended, CastingAllReduce(internals.cross_device_ops(extended), wire))
+    compression, extended = strategy.compression, strategy.extended
+    if compression is None:
+        return
+    inner = internals.cross_device_ops(extended)
+    if isinstance(compression, PowerSGD):
+        wrapper = PowerSGDAllReduce(inner, compression, extended.worker_devices,
+                                    strategy.num_replicas_in_sync)
+    else:
+        wrapper = CastingAllReduce(inner, WIRE_DTYPES[compression])
+    internals.set_cross_device_ops(extended, wrapper)
 
 
-class CastingAllReduce(tf.distribute.CrossDeviceOps):
+def prepare(strategy, model) -> None:
+    """Gives PowerSGD fresh state for `model`'s weights, before training
+    (no-op for other compressions)."""
+    ops = internals.cross_device_ops(strategy.extended) if hasattr(strategy, "extended") else None
+    if isinstance(ops, PowerSGDAllReduce):
+        ops.prepare(model.trainable_weights)
+
+
+class CastingAllReduce(WrappingAllReduce):
     """A `CrossDeviceOps` that reduces floating values in a narrower dtype.
 
     Args:
@@ -78,8 +101,7 @@ class CastingAllReduce(tf.distribute.CrossDeviceOps):
     """
 
     def __init__(self, inner: tf.distribute.CrossDeviceOps, dtype: tf.DType):
-        super().__init__()
-        self._inner = inner
+        super().__init__(inner)
         self._dtype = dtype
 
     def reduce_implementation(self, reduce_op, per_replica_value, destinations, options):
@@ -95,9 +117,6 @@ class CastingAllReduce(tf.distribute.CrossDeviceOps):
             wides.append(wide)
         reduced = self._inner.batch_reduce(reduce_op, pairs, options)
         return [self._widen(r, w) for r, w in zip(reduced, wides)]
-
-    def broadcast_implementation(self, tensor, destinations):
-        return self._inner.broadcast(tensor, destinations)
 
     def _narrow(self, value):
         """Casts each replica's component down; returns it and the old dtype."""

@@ -16,8 +16,9 @@ import keras
 import tensorflow as tf
 
 from tfpar import inputs, replica
-from tfpar.strategies import replica_steps
+from tfpar.strategies import compression, replica_steps
 from tfpar.strategies.equal_shares import equal_shares
+from tfpar.strategies.worker_steps import worker_steps_installed
 
 
 class Runner(Protocol):
@@ -122,7 +123,9 @@ class _Distribute:
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         replica_steps.check_microbatches(model, getattr(self.strategy, "microbatches", 1))
-        with self.strategy.scope(), equal_shares(model, self.strategy):
+        compression.prepare(self.strategy, model)  # PowerSGD's state, outside the scope
+        with self.strategy.scope(), equal_shares(model, self.strategy), \
+                worker_steps_installed(model, self.strategy):
             return model.fit(x, y, **fit_kwargs)
 
     def predict(self, model: keras.Model, x, predict_kwargs: dict):
@@ -130,5 +133,6 @@ class _Distribute:
             return model.predict(x, **predict_kwargs)
 
     def evaluate(self, model: keras.Model, x, y, evaluate_kwargs: dict):
-        with self.strategy.scope(), equal_shares(model, self.strategy):
+        with self.strategy.scope(), equal_shares(model, self.strategy), \
+                worker_steps_installed(model, self.strategy):
             return model.evaluate(x, y, **evaluate_kwargs)

@@ -48,7 +48,10 @@ class DataParallel(tf.distribute.MirroredStrategy):
         device and broadcast back).
       compression: None, "fp16" or "bf16": floating gradients are cast to that
         dtype for the all-reduce and back afterwards, halving the bytes
-        exchanged at the cost of that dtype's rounding. Not applied inside
+        exchanged at the cost of that dtype's rounding. "powersgd" (rank 2)
+        or `PowerSGD(rank=r)`: weight matrices' gradients travel as rank-r
+        factors with error feedback (`tfpar.strategies.powersgd`; prepared
+        by `fit_distributed`), other tensors as they are. Not applied inside
         XLA-compiled steps, where TensorFlow always uses its own collectives.
       bytes_per_pack: collectives are packed into chunks of about this many
         bytes; 0 packs everything into one (TensorFlow's default).
@@ -57,7 +60,9 @@ class DataParallel(tf.distribute.MirroredStrategy):
         gradients locally; the optimizer all-reduces once per step. The
         same training as one device at the same global batch, with about
         1/k of the activation memory (BatchNormalization then normalizes
-        over each micro-batch). k must divide each replica's share.
+        over each micro-batch and updates its moving statistics once per
+        micro-batch, as in a pipeline). k must divide each replica's share
+        of `batch_size`; a model with its own `train_step` is refused.
 
     Example:
         >>> devices = tfpar.configure_devices(cpu=2)
@@ -71,7 +76,7 @@ class DataParallel(tf.distribute.MirroredStrategy):
         devices: int | str | Sequence[str] | None = None,
         *,
         all_reduce: str = "auto",
-        compression: str | None = None,
+        compression=None,
         bytes_per_pack: int = 0,
         microbatches: int = 1,
     ):
@@ -90,11 +95,11 @@ class DataParallel(tf.distribute.MirroredStrategy):
         internals.set_collective_key_base(self, next(_KEY_BASES))
         super().__init__(names, cross_device_ops=cross_device_ops)
         self.all_reduce = all_reduce
-        self.compression = compression
+        self.compression = compression_lib.resolve(compression)
         self.bytes_per_pack = bytes_per_pack
         self.microbatches = microbatches
         _configure_collectives(self.extended, all_reduce, bytes_per_pack)
-        compression_lib.install(self.extended, compression)
+        compression_lib.install(self)
 
     def __repr__(self) -> str:
         return (

@@ -79,8 +79,8 @@ class GPipe(ModelSplit):
                          data_parallel=data_parallel)
         self.microbatches = microbatches
         self.schedule = schedule
-        self.rematerialize = bool(rematerialize)
-        self.record_timeline = bool(record_timeline)
+        self.rematerialize = checks.boolean("rematerialize", rematerialize)
+        self.record_timeline = checks.boolean("record_timeline", record_timeline)
 
     def __repr__(self) -> str:
         return (

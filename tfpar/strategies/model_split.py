@@ -128,6 +128,7 @@ class ModelSplit:
                 "stages: give it a keras.Input(...) or call model.build(input_shape)."
             )
         _check_default_steps(model, type(self).__name__)
+        _check_no_xla(model, type(self).__name__)
         if self.microbatches > 1:
             _check_mean_losses(model)
         sizes = self.sizes(model)
@@ -232,6 +233,19 @@ def _check_default_steps(model: keras.Model, strategy: str) -> None:
             f"Received: model {model.name!r} of class {type(model).__name__}. Train it "
             "with a data-parallel strategy (DataParallel, MultiWorker), which runs your "
             "step, or move the logic into layers and compiled losses and metrics."
+        )
+
+
+def _check_no_xla(model: keras.Model, strategy: str) -> None:
+    """XLA compiles a step for one device; a pipeline's weights live on
+    several (TensorFlow: "Trying to access resource ... located in device
+    CPU:1 from device CPU:0")."""
+    if internals.compile_config(model).get("jit_compile") is True:
+        raise ValueError(
+            f"{strategy} places each stage's weights on its own device, and XLA compiles a "
+            "step for one device, so it cannot run a model compiled with jit_compile=True. "
+            f"Received: model {model.name!r} with jit_compile=True. Compile it with "
+            "jit_compile=False (or the default, 'auto')."
         )
 
 

@@ -37,7 +37,9 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
     Args:
       all_reduce: "auto", "ring" or "nccl" (GPUs): the collective
         implementation.
-      compression: None, "fp16" or "bf16": gradients travel in that dtype.
+      compression: None, "fp16" or "bf16": gradients travel in that dtype;
+        "powersgd" or `PowerSGD(rank=r)`: as low-rank factors (see
+        `DataParallel`).
       bytes_per_pack: pack collectives into chunks of about this many bytes
         (0: one pack).
       microbatches: k sequential micro-batches per replica, gradients summed
@@ -66,7 +68,7 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         self,
         *,
         all_reduce: str = "auto",
-        compression: str | None = None,
+        compression=None,
         bytes_per_pack: int = 0,
         microbatches: int = 1,
         timeout_seconds: float | None = None,
@@ -86,7 +88,7 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         self.config = tf_config.from_environment()
         if self.config.num_workers > 1:
             peers.wait_for_peers(self.config, timeout_seconds or _STARTUP_SECONDS)
-        self.all_reduce, self.compression = all_reduce, compression
+        self.all_reduce, self.compression = all_reduce, compression_lib.resolve(compression)
         self.bytes_per_pack, self.timeout_seconds = bytes_per_pack, timeout_seconds
         self.microbatches = microbatches
         options = tf.distribute.experimental.CommunicationOptions(
@@ -110,7 +112,7 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
                 "`python -m tfpar.launch`, which makes it when tfpar is imported."
             ) from error
         _CURRENT.append(self)
-        compression_lib.install(self.extended, compression)
+        compression_lib.install(self)
 
     def reduce(self, reduce_op, value, axis):
         # Keras 3 averages each step's scalar metrics with axis=0 under this

@@ -92,7 +92,12 @@ class ReplicaSteps:
         grads = [microbatch.combine_slices(g) if isinstance(g, list) else g for g in grads]
         _track_loss(model, loss, marks)
         if variables:
-            model.optimizer.apply_gradients(zip(grads, variables))
+            # Last layers first: their gradients exist first in the backward,
+            # and collectives launch in this order (packed by bytes_per_pack),
+            # so the first packs can travel while earlier layers' gradients
+            # are still being computed. Each weight's update is its own, so
+            # the order changes nothing else.
+            model.optimizer.apply_gradients(zip(grads[::-1], variables[::-1]))
         else:
             warnings.warn("The model does not have any trainable weights.")
         if k == 1:
