@@ -87,9 +87,8 @@ def install(strategy) -> None:
 def prepare(strategy, model) -> None:
     """Gives PowerSGD fresh state for `model`'s weights, before training
     (no-op for other compressions)."""
-    ops = internals.cross_device_ops(strategy.extended) if hasattr(strategy, "extended") else None
-    if isinstance(ops, PowerSGDAllReduce):
-        ops.prepare(model.trainable_weights)
+    if isinstance(getattr(strategy, "compression", None), PowerSGD):  # tfpar's strategies only
+        internals.cross_device_ops(strategy.extended).prepare(model.trainable_weights)
 
 
 class CastingAllReduce(WrappingAllReduce):
