@@ -69,7 +69,7 @@ def check_divisible(x, fit_kwargs: dict, parts: int, what: str, *, uneven_note: 
         )
 
 
-def check_microbatches(batch: int | None, replicas: int, microbatches: int) -> None:
+def check_share_divisible(batch: int | None, replicas: int, microbatches: int) -> None:
     """Checks each replica's share of the global batch cuts into
     `microbatches` equal micro-batches (an epoch's short last batch is cut
     as evenly as it goes).
@@ -78,8 +78,8 @@ def check_microbatches(batch: int | None, replicas: int, microbatches: int) -> N
       ValueError: the per-replica batch is not divisible by `microbatches`.
 
     Example:
-        >>> check_microbatches(64, 2, 4)
-        >>> check_microbatches(64, 2, 3)
+        >>> check_share_divisible(64, 2, 4)
+        >>> check_share_divisible(64, 2, 3)
         Traceback (most recent call last):
         ...
         ValueError: microbatches must divide each replica's share of the batch: batch_size=64 over 2 replicas is 32 per replica, which 3 micro-batches do not divide. Use batch_size=60 or 66, or microbatches=2.
@@ -115,14 +115,14 @@ class _Distribute:
             # warned about there.
             uneven_note=None,
         )
-        check_microbatches(inputs.global_batch(x, fit_kwargs), replicas,
+        check_share_divisible(inputs.global_batch(x, fit_kwargs), replicas,
                            getattr(self.strategy, "microbatches", 1))
 
     def recreate(self, model: keras.Model) -> keras.Model:
         return replica.recreate(model, self.strategy.scope())
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
-        replica_steps.check_microbatches(model, getattr(self.strategy, "microbatches", 1))
+        replica_steps.check_own_train_step(model, getattr(self.strategy, "microbatches", 1))
         compression.prepare(self.strategy, model)  # PowerSGD's state, outside the scope
         with self.strategy.scope(), equal_shares(model, self.strategy), \
                 worker_steps_installed(model, self.strategy):

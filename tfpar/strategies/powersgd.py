@@ -133,11 +133,10 @@ class PowerSGDAllReduce(WrappingAllReduce):
         values = [value for value, _ in value_destination_pairs]
         # Sparse gradients (embedding lookups) travel as they are: densified,
         # Adam would update them differently.
-        match = self._match([None if isinstance(_parts(v)[0], tf.IndexedSlices) else _parts(v)[0].shape
-                             for v in values])
-        if match is None:
+        compressed = self._match([None if isinstance(_parts(v)[0], tf.IndexedSlices)
+                                  else _parts(v)[0].shape for v in values])
+        if compressed is None:
             return self._inner.batch_reduce(reduce_op, value_destination_pairs, options)
-        compressed = {i: state for i, state in match.items()}
         # Round 1: P = (M + e) Q for every compressed matrix.
         matrices, ps = {}, []
         for i, (_, (n, m), qs, errors) in compressed.items():
@@ -234,6 +233,7 @@ class PowerSGDAllReduce(WrappingAllReduce):
 
 
 def _parts(value) -> list:
+    # A worker with one replica hands over plain tensors.
     return list(value.values) if isinstance(value, tf.distribute.DistributedValues) else [value]
 
 

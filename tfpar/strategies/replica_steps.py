@@ -157,7 +157,7 @@ def custom_steps(model: keras.Model) -> list[str]:
             if getattr(type(model), name) is not getattr(keras.Model, name)]
 
 
-def check_microbatches(model: keras.Model, microbatches: int) -> None:
+def check_own_train_step(model: keras.Model, microbatches: int) -> None:
     """Refuses, before training, micro-batches for a model whose own
     `train_step` tfpar cannot cut.
 
