@@ -5,8 +5,11 @@ into 4 logical CPUs happens here, at collection time, before any test runs.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The planner caches its link measurements; not in the user's home.
+os.environ.setdefault("TFPAR_CACHE_DIR", tempfile.mkdtemp(prefix="tfpar-cache-"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -19,6 +19,8 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The planner caches its link measurements; not in the user's home.
+os.environ.setdefault("TFPAR_CACHE_DIR", tempfile.mkdtemp(prefix="tfpar-cache-"))
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

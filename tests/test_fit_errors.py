@@ -116,6 +116,25 @@ def test_unclonable_subclassed_model_says_how_to_proceed():
         np.testing.assert_array_equal(a, b)
 
 
+class SequentialWithItsOwnStep(keras.Sequential):
+    def train_step(self, data):
+        return super().train_step(data)
+
+
+def test_a_sequential_subclass_whose_methods_a_clone_would_drop_is_refused():
+    # keras.models.clone_model rebuilds it as a plain Sequential: training
+    # that would silently run Keras' step instead of the model's own. (The
+    # pipelines refuse any model with its own train_step.)
+    keras.utils.set_random_seed(0)
+    model = compile_model(SequentialWithItsOwnStep([keras.Input((x.shape[1],)), keras.layers.Dense(3)]))
+    before = weights_of(model)
+    with pytest.raises(ValueError, match=r"rebuilds its class SequentialWithItsOwnStep as a plain "
+                                         r"Sequential.*\['train_step'\]"):
+        tfpar.fit_distributed(model, x, y, batch_size=32, strategy=DataParallel(2))
+    for a, b in zip(weights_of(model), before):
+        np.testing.assert_array_equal(a, b)
+
+
 class ConfigWithoutArgument(keras.layers.Layer):
     def __init__(self, width, **kwargs):
         super().__init__(**kwargs)

@@ -14,6 +14,7 @@ from tfpar.devices import configure_devices
 from tfpar.fit import fit_distributed
 from tfpar.inference import evaluate_distributed, predict_distributed
 from tfpar.pipeline import timeline
+from tfpar.planner import Plan, plan
 
 # Modules that moved into the pipeline and cluster packages keep their old
 # names, as attributes and for `import tfpar.schedule`, so that code written
@@ -41,6 +42,8 @@ __all__ = [
     "evaluate_distributed",
     "fit_distributed",
     "models",
+    "plan",
+    "Plan",
     "predict_distributed",
     "strategies",
     "timeline",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 
 import keras
 import tensorflow as tf
@@ -11,6 +12,7 @@ from tfpar import checks, inputs, internals, replica
 from tfpar.cluster import checkpoint, chief
 from tfpar.strategies import contract, registry
 
+_LOG = logging.getLogger("tfpar")
 _FIT_ARGS = frozenset(inspect.signature(keras.Model.fit).parameters) - {"self", "x", "y"}
 
 
@@ -51,7 +53,10 @@ def fit_distributed(
       x: training inputs, as for `model.fit`.
       y: training targets, as for `model.fit`.
       strategy: a tfpar strategy object, a name ("mirrored", "split",
-        "gpipe", "multi_worker"), or any `tf.distribute.Strategy`.
+        "gpipe", "multi_worker"), any `tf.distribute.Strategy`, or "auto":
+        `tfpar.plan` predicts every layout on the local devices for this
+        batch size and trains with the fastest that fits (its name and
+        reason are printed, or logged with verbose=0).
       checkpoint_dir: save model, optimizer state and data position here
         every `checkpoint_every` steps, and resume from the latest checkpoint
         when started again (after a crash or a killed worker); the checkpoint
@@ -78,6 +83,8 @@ def fit_distributed(
     replica.check_compiled(model)
     checks.keras_arguments("fit_distributed", "fit", fit_kwargs, _FIT_ARGS)
     _check_checkpointing(checkpoint_dir, checkpoint_every, x, fit_kwargs)
+    if isinstance(strategy, str) and strategy == "auto":
+        strategy = _planned(model, x, fit_kwargs)
     strategy = strategy_for(model, strategy)
     inputs.check_not_empty(x)
     inputs.check_shapes(model, x)
@@ -134,6 +141,31 @@ def build_from_data(model: keras.Model, x) -> None:
     shapes = inputs.input_shapes(x)
     if isinstance(shapes, list) and len(shapes) == 1:
         model.build((None, *shapes[0][1:]))
+
+
+def _planned(model: keras.Model, x, fit_kwargs: dict):
+    """The strategy `tfpar.plan` chooses for this model and batch."""
+    from tfpar import planner  # the planner measures: only when asked for
+
+    if home_strategy(model) is not None:
+        raise ValueError(
+            f"strategy='auto' chooses a layout and recreates the model under it, but model "
+            f"{model.name!r} was built inside the scope of {home_strategy(model)!r}. Build it "
+            "outside any strategy scope, or pass strategy=model.distribute_strategy.")
+    batch = inputs.global_batch(x, fit_kwargs)
+    if batch is None:
+        raise ValueError(
+            "strategy='auto' plans for a batch size, which it reads from array inputs and "
+            f"batch_size. Received x of type {type(x).__name__}. Pass numpy arrays, or plan "
+            "yourself: tfpar.plan(model, batch_size).chosen.strategy.")
+    inputs.check_not_empty(x)
+    build_from_data(model, x)
+    chosen = planner.plan(model, batch).chosen
+    message = f"tfpar strategy='auto': {chosen.name} ({chosen.reason})"
+    _LOG.info(message)
+    if fit_kwargs.get("verbose", "auto") != 0:
+        print(message)
+    return chosen.strategy
 
 
 def home_strategy(model: keras.Model):

@@ -124,15 +124,36 @@ def _clone(model: keras.Model, clone_function: Callable | None,
     model.compiled = False
     try:
         if clone_function is None:
-            return keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
-        return keras.models.clone_model(model, clone_function=clone_function,
-                                        call_function=call_function)
+            twin = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+        else:
+            twin = keras.models.clone_model(model, clone_function=clone_function,
+                                            call_function=call_function)
     except RecreateError:
         raise
     except Exception as error:  # Keras raises many types for a bad config.
         raise _not_recreated(model, error) from error
     finally:
         model.compiled = compiled
+    _check_same_class(model, twin)
+    return twin
+
+
+def _check_same_class(model: keras.Model, twin: keras.Model) -> None:
+    """Keras clones a Sequential subclass as a plain Sequential, which would
+    train without the subclass's methods (its own train_step, say)."""
+    cls = type(model)
+    if not issubclass(cls, keras.Sequential) or cls is keras.Sequential or isinstance(twin, cls):
+        return
+    own = sorted(name for name, value in vars(cls).items() if callable(value) and not name.startswith("__"))
+    if not own:
+        return
+    raise RecreateError(
+        f"tfpar could not recreate model {model.name!r} under the strategy: keras.models.clone_model "
+        f"rebuilds its class {type(model).__name__} as a plain {type(twin).__name__}, which would "
+        f"train without the methods it defines ({own}). Build and compile the model inside "
+        "`strategy.scope()` and pass that strategy (fit_distributed then uses the model as it is), "
+        "or subclass keras.Model with the functional API (MyModel(inputs, outputs)), which Keras "
+        "clones as its own class.")
 
 
 class RecreateError(ValueError):

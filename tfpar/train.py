@@ -27,8 +27,9 @@ PIPELINES = ("split", "gpipe")  # strategies made once the model is known (balan
 flags.DEFINE_enum("model", "auto", MODELS,
                   "Reference model; auto: transformer for sequence pairs, cnn for images, mlp otherwise.")
 flags.DEFINE_string("dataset", "digits", f"One of: {', '.join(datasets_lib.DATASETS)}.")
-flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "split", "gpipe", "multi_worker"],
-                  "How to spread training.")
+flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "split", "gpipe", "multi_worker", "auto"],
+                  "How to spread training; auto: tfpar.plan predicts every layout on the "
+                  "devices, prints the table and trains with the fastest that fits.")
 flags.DEFINE_integer("virtual_devices", None, "Split each CPU into this many logical devices.")
 flags.DEFINE_integer("devices", None, "Use the first N local devices (default: all).")
 flags.DEFINE_integer("microbatches", None,
@@ -77,17 +78,22 @@ def main(argv: list[str]) -> None:
     model = _model(tfpar, kind, x, y)
     print(f"data: {FLAGS.dataset}, {len(y)} train / {len(y_test)} test samples; model: {kind}, "
           f"{model.count_params():,} parameters")
-    pipelined = FLAGS.strategy in PIPELINES
-    if pipelined:
-        strategy = _pipeline(tfpar, model, kind)
-    _print_setup(strategy)
-    if pipelined:
-        tfpar.describe_placement(model, strategy)
     model.compile(
         optimizer=_optimizer(keras),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    if FLAGS.strategy in PIPELINES:
+        strategy = _pipeline(tfpar, model, kind)
+    if FLAGS.strategy == "auto":
+        # The planner reads the compiled optimizer (its state's size).
+        plan = tfpar.plan(model, FLAGS.batch_size, FLAGS.devices)
+        print(plan)
+        strategy = plan.chosen.strategy
+    pipelined = isinstance(strategy, tfpar.strategies.ModelSplit)
+    _print_setup(strategy, pipelined)
+    if pipelined:
+        tfpar.describe_placement(model, strategy)
     callbacks = []
     if FLAGS.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(FLAGS.tensorboard_dir))
@@ -135,7 +141,7 @@ def _strategy(tfpar):
                 compression=None if FLAGS.compression == "none" else FLAGS.compression)
         except ValueError as error:
             raise app.UsageError(f"--devices: {error}") from error
-    return None  # PIPELINES: made once the model is known
+    return None  # PIPELINES and auto: made once the model is known
 
 
 def _data(tfpar):
@@ -210,9 +216,9 @@ def _pipeline(tfpar, model, kind: str):
     return strategy
 
 
-def _print_setup(strategy) -> None:
+def _print_setup(strategy, pipelined: bool) -> None:
     """Devices and the batch each of them sees."""
-    if FLAGS.strategy in PIPELINES:
+    if pipelined:
         devices = list(strategy.devices)
         replicas, microbatches = strategy.data_parallel, getattr(strategy, "microbatches", 1)
     else:
@@ -287,6 +293,13 @@ def _check_flags() -> None:
         raise app.UsageError(
             f"--compression applies to --strategy=mirrored or multi_worker (data parallel). "
             f"Received: --compression={FLAGS.compression} with --strategy={FLAGS.strategy}.")
+    if FLAGS.strategy == "auto":
+        for name, default in (("microbatches", None), ("compression", "none")):
+            if getattr(FLAGS, name) != default:
+                raise app.UsageError(
+                    f"--{name} does not apply to --strategy=auto: the planner chooses the "
+                    f"layout. Received: --{name}={getattr(FLAGS, name)}. Drop it, or pick the "
+                    "strategy yourself.")
     if FLAGS.strategy not in PIPELINES:
         for name, default in (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False),
                               ("data_parallel", 1)):

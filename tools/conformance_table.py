@@ -63,7 +63,7 @@ def multi_worker_column() -> None:
              sys.executable, str(ROOT / "tests" / "conformance" / "multi_worker_conformance.py"), out],
             cwd=ROOT, env=env, check=True, capture_output=True)
         print("| idiom | MultiWorker (2 workers) |\n|---|---|")
-        for index, idiom in enumerate(conformance.idioms.IDIOMS):
+        for index, idiom in enumerate(conformance.idioms.MULTI_WORKER):
             weights = list(np.load(os.path.join(out, f"{index}_0.npz")).values())
             print(f"| {idiom.name} | {measured(idiom, weights)} |", flush=True)
 

@@ -24,8 +24,9 @@ LIBRARIES = [
     ("pipeline", ["tfpar/pipeline/"], ["core"]),
     ("cluster", ["tfpar/cluster/"], ["core"]),
     ("strategies", ["tfpar/strategies/"], ["core", "pipeline", "cluster"]),
+    ("planner", ["tfpar/planner/"], ["core", "pipeline", "strategies"]),
     ("models", ["tfpar/models/"], ["pipeline"]),
-    ("tfpar", ["tfpar/"], ["core", "pipeline", "cluster", "strategies", "models"]),
+    ("tfpar", ["tfpar/"], ["core", "pipeline", "cluster", "strategies", "planner", "models"]),
     ("bench", ["tfpar/bench/"], ["tfpar", "core", "pipeline", "cluster"]),
 ]
 # Top-level import name -> pip requirement.

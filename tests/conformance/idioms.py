@@ -49,6 +49,13 @@ class Idiom:
     loss_per_replica: bool = False
     # Overrides train_step: data parallel with micro-batches must refuse it.
     own_train_step: bool = False
+    # Run in the two-worker job too. MultiWorker runs the same replica step
+    # as DataParallel (which runs every idiom); the job keeps every idiom
+    # with its own data path (inputs, weights, validation, outputs, layers
+    # that differ in training) and leaves out those that only add model
+    # compute (recurrent layers, attention) or another loss form of a path
+    # already there: they cost most of its time and test nothing new there.
+    multi_worker: bool = True
 
     def fit_kwargs(self, extra: dict) -> dict:
         return {"batch_size": self.batch, "epochs": EPOCHS, "shuffle": False, "verbose": 0, **extra}
@@ -596,23 +603,28 @@ IDIOMS = [
     Idiom("softmax + sparse_categorical_crossentropy", _seeded(softmax_sparse), plain_data),
     Idiom("softmax + categorical_crossentropy, one-hot", _seeded(softmax_one_hot), one_hot_data,
           atol=ADAM_ATOL),
-    Idiom("softmax + loss object, RMSprop", _seeded(softmax_loss_object), plain_data, atol=ADAM_ATOL),
+    Idiom("softmax + loss object, RMSprop", _seeded(softmax_loss_object), plain_data, atol=ADAM_ATOL,
+          multi_worker=False),
     Idiom("sigmoid + binary_crossentropy", _seeded(sigmoid_binary), binary_data, atol=ADAM_ATOL),
-    Idiom("sigmoid multi-label", _seeded(sigmoid_multi_label), multi_label_data),
+    Idiom("sigmoid multi-label", _seeded(sigmoid_multi_label), multi_label_data,
+          multi_worker=False),
     Idiom("regression: mse, mae and Huber heads", _seeded(regression_heads), regression_heads_data),
     Idiom("Conv2D + pooling", _seeded(conv_net), image_data, atol=ADAM_ATOL),
     Idiom("Embedding(mask_zero) + LSTM", _seeded(embedding_lstm_masked), text_data(),
-          atol=ADAM_ATOL),
-    Idiom("Embedding + GRU", _seeded(embedding_gru), text_data(binary=True)),
-    Idiom("Embedding + Bidirectional LSTM", _seeded(bidirectional_lstm), text_data(binary=True)),
-    Idiom("keras.io TransformerBlock", _seeded(transformer_classifier(0.0)), transformer_data),
+          atol=ADAM_ATOL, multi_worker=False),
+    Idiom("Embedding + GRU", _seeded(embedding_gru), text_data(binary=True), multi_worker=False),
+    Idiom("Embedding + Bidirectional LSTM", _seeded(bidirectional_lstm), text_data(binary=True),
+          multi_worker=False),
+    Idiom("keras.io TransformerBlock", _seeded(transformer_classifier(0.0)), transformer_data,
+          multi_worker=False),
     Idiom("two inputs, list outputs, loss_weights", _seeded(multi_input_list_outputs),
           multi_input_list_data),
     Idiom("dict outputs, per-output losses and metrics", _seeded(dict_outputs), dict_data,
           atol=ADAM_ATOL),
     Idiom("weight and activity regularizers, add_loss", _seeded(regularized), plain_data),
-    Idiom("custom loss function", _seeded(regression(weighted_mse)), regression_data),
-    Idiom("Loss subclass", _seeded(loss_subclass), one_hot_data),
+    Idiom("custom loss function", _seeded(regression(weighted_mse)), regression_data,
+          multi_worker=False),
+    Idiom("Loss subclass", _seeded(loss_subclass), one_hot_data, multi_worker=False),
     Idiom("sample_weight", _seeded(softmax_sparse), sample_weight_data),
     Idiom("class_weight", _seeded(softmax_sparse), class_weight_data),
     Idiom("mixed precision", _seeded(mixed_precision), plain_data, atol=MIXED_ATOL),
@@ -629,3 +641,5 @@ IDIOMS = [
           pipelines=r"overrides \['train_step'\] cannot be split", loss_per_replica=True,
           own_train_step=True),
 ]
+# The idioms of the two-worker job (see Idiom.multi_worker).
+MULTI_WORKER = [idiom for idiom in IDIOMS if idiom.multi_worker]

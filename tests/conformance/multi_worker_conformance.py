@@ -1,7 +1,8 @@
-"""One worker of the two-worker conformance job: the whole catalogue under
-MultiWorker. Started by `python -m tfpar.launch` (which makes the strategy
-when tfpar is imported, before any TensorFlow op); writes each idiom's
-weights, History and evaluation to the directory given as argument."""
+"""One worker of the two-worker conformance job: the catalogue's
+`idioms.MULTI_WORKER` under MultiWorker. Started by `python -m tfpar.launch`
+(which makes the strategy when tfpar is imported, before any TensorFlow
+op); writes each idiom's weights, History and evaluation to the directory
+given as argument."""
 
 import json
 import os
@@ -14,7 +15,7 @@ import idioms
 
 rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 out = sys.argv[1]
-for index, idiom in enumerate(idioms.IDIOMS):
+for index, idiom in enumerate(idioms.MULTI_WORKER):
     x, y, extra = idiom.data()
     model = idiom.build()
     history = tfpar.fit_distributed(model, x, y, strategy="multi_worker", **idiom.fit_kwargs(extra))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfpar.bench import data_parallel, hybrid, multi_worker, pipeline
+from tfpar.bench import data_parallel, hybrid, multi_worker, pipeline, plan
 
 BENCHMARKS = {"data_parallel": data_parallel, "pipeline": pipeline, "multi_worker": multi_worker,
-              "hybrid": hybrid}
+              "hybrid": hybrid, "plan": plan}
 
 
 def run(argv: list[str] | None = None) -> dict:

@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated values to compare (0: one pack after the whole backward)")
     parser.add_argument("--steps_per_execution", default="1,8",
                         help="comma-separated values to compare (steps per call of the train function)")
+    parser.add_argument("--bare", type=int, default=1,
+                        help="1: also time a bare strategy.run loop (no Keras), the floor for any step")
     parser.add_argument("--spe", type=int, default=1, help=argparse.SUPPRESS)  # a worker's value
+    parser.add_argument("--loop", default="fit", choices=["fit", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--role", default="driver", choices=["driver", "worker"], help=argparse.SUPPRESS)
 
 
@@ -52,11 +55,15 @@ def main(args: argparse.Namespace) -> dict:
     # One worker has no peer to reduce with, so bytes_per_pack cannot change
     # its speed: one baseline, measured in every repeat, serves every row.
     alone, rates, independent = [], {layout: [] for layout in layouts}, []
+    bare_alone, bare = [], []
     for _ in range(args.repeats):
         alone.append(_job(args, 1, 0, 1))
         for pack, spe in layouts:
             rates[(pack, spe)].append(_job(args, args.workers, pack, spe))
         independent.append(_independent_jobs(args))
+        if args.bare:
+            bare_alone.append(_job(args, 1, 0, 1, loop="bare"))
+            bare.append(_job(args, args.workers, 0, 1, loop="bare"))
     one = statistics.median(alone)
     ceiling = statistics.median(independent) / (args.workers * one)
     rows, result = [("one worker", 1, one, 1.0, 1.0 / ceiling)], {}
@@ -65,6 +72,14 @@ def main(args: argparse.Namespace) -> dict:
         result[(pack, spe)] = many / (args.workers * one)
         rows.append((f"multi-worker, bytes_per_pack={pack}, steps_per_execution={spe}", args.workers,
                      many, result[(pack, spe)], result[(pack, spe)] / ceiling))
+    if args.bare:
+        # The same step with no Keras and no tfpar: a tape, one all-reduce
+        # of the gradients, an SGD update. What it keeps of the ceiling is
+        # what TensorFlow's collectives keep on this host, whatever the step.
+        lone, pair = statistics.median(bare_alone), statistics.median(bare)
+        rows.append(("bare strategy.run loop, one worker", 1, lone, lone / one, lone / one / ceiling))
+        rows.append(("bare strategy.run loop", args.workers, pair, pair / (args.workers * lone),
+                     pair / (args.workers * lone) / ceiling))
     rows.append((f"{args.workers} independent 1-worker jobs", args.workers,
                  statistics.median(independent), ceiling, 1.0))
     print(f"multi-worker data parallel on loopback, 1 thread per worker, MLP width "
@@ -97,11 +112,12 @@ def _independent_jobs(args) -> float:
     return sum(results)
 
 
-def _job(args, workers: int, bytes_per_pack: int, steps_per_execution: int) -> float:
+def _job(args, workers: int, bytes_per_pack: int, steps_per_execution: int, loop: str = "fit") -> float:
     out = io.StringIO()
     command = [sys.executable, "-m", "tfpar.bench", "multi_worker", "--role", "worker",
                f"--per_worker_batch={args.per_worker_batch}", f"--width={args.width}",
-               f"--epochs={args.epochs}", f"--steps={args.steps}", f"--spe={steps_per_execution}"]
+               f"--epochs={args.epochs}", f"--steps={args.steps}", f"--spe={steps_per_execution}",
+               f"--loop={loop}"]
     # Packs smaller than the gradients let the all-reduce of the last layers'
     # gradients start while the backward pass is still computing the first.
     options = {"compression": args.compression, "bytes_per_pack": bytes_per_pack}
@@ -126,6 +142,11 @@ def _worker(args) -> dict:
     y = rng.integers(0, 10, size=batch * args.steps)
     keras.utils.set_random_seed(0)
     model = tfpar.models.mlp(256, 10, hidden=(args.width, args.width))
+    if args.loop == "bare":
+        rate = _bare_loop(args, strategy, model, x, y, batch)
+        if strategy.is_chief:
+            print("BENCH " + json.dumps({"workers": workers, "samples_per_second": rate}), flush=True)
+        return {"samples_per_second": rate}
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=args.spe)
     timer = timing.EpochTimer()
@@ -135,3 +156,41 @@ def _worker(args) -> dict:
     if strategy.is_chief:
         print("BENCH " + json.dumps({"workers": workers, "samples_per_second": rate}), flush=True)
     return {"samples_per_second": rate}
+
+
+def _bare_loop(args, strategy, model, x, y, batch: int) -> float:
+    """Samples/s of a hand-written step: forward and backward under a tape,
+    one all-reduce of every gradient, plain SGD. No Keras fit, no tfpar."""
+    import time
+
+    import keras
+    import tensorflow as tf
+
+    with strategy.scope():
+        model.build((None, x.shape[1]))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat())
+    batches = iter(dataset)
+
+    def replica_step(features, labels):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, model(features, training=True)) / batch
+        grads = tape.gradient(loss, model.trainable_variables)
+        grads = tf.distribute.get_replica_context().all_reduce("sum", grads)
+        for variable, grad in zip(model.trainable_variables, grads):
+            variable.assign_sub(0.01 * grad)
+        return loss
+
+    @tf.function
+    def step(features, labels):
+        return strategy.run(replica_step, args=(features, labels))
+
+    seconds = []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step(*next(batches))
+        strategy.experimental_local_results(loss)[0].numpy()  # wait for the last step
+        seconds.append(time.perf_counter() - start)
+    return batch * args.steps / statistics.median(seconds[1:])

@@ -35,11 +35,12 @@ class StepTimer(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.seconds, self.cpu_seconds, self.peak_bytes = [], [], []
+        self.seconds, self.cpu_seconds, self.peak_bytes, self.base_bytes = [], [], [], []
 
     def on_train_batch_begin(self, batch, logs=None):
         tf.config.experimental.reset_memory_stats("CPU:0")
         self._base = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        self.base_bytes.append(self._base)
         self._start, self._cpu = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, batch, logs=None):

@@ -66,7 +66,7 @@ def flops(op) -> int:
 
 def measured_seconds(op, batch_size: int, repeats: int = 5) -> float:
     """Median forward time of `op` on a random batch (inference mode)."""
-    inputs = [_random_like(t, batch_size) for t in keras.tree.flatten(op.input)]
+    inputs = [random_batch(t, batch_size) for t in keras.tree.flatten(op.input)]
     call_args = inputs[0] if len(inputs) == 1 else inputs
     op(call_args)  # warm-up: first calls trace and allocate
     seconds = []
@@ -97,7 +97,8 @@ def _attention_products(op) -> int:
     return 4 * length * length * heads * width
 
 
-def _random_like(tensor, batch_size: int):
+def random_batch(tensor, batch_size: int):
+    """A random (or, for integer inputs, zero) batch shaped like `tensor`."""
     shape = (batch_size, *[d or 1 for d in tensor.shape[1:]])
     dtype = tf.as_dtype(tensor.dtype)
     if dtype.is_integer or dtype == tf.bool:

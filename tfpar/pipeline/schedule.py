@@ -164,20 +164,23 @@ def emission_order(sequences: list[list[Task]]) -> list[tuple[int, Task]]:
     return [(stage, task) for _, stage, task in clock(sequences)]
 
 
-def clock(sequences: list[list[Task]]):
-    """Simulates the schedule with unit task costs; returns (start, stage, task).
+def clock(sequences: list[list[Task]], duration=None):
+    """Simulates the schedule; returns (start, stage, task) of every task.
 
-    A forward takes one tick and a backward two, or one each for its B and
-    W halves when split. Each stage starts its next task as soon as that
-    task's inputs exist and the stage is free: the ideal timeline the graph
-    chaining reproduces.
+    By default on the unit clock: a forward takes one tick and a backward
+    two, or one each for its B and W halves when split. `duration(stage,
+    task)` gives other lengths (the planner's predicted seconds). Each
+    stage starts its next task as soon as that task's inputs exist and the
+    stage is free: the ideal timeline the graph chaining reproduces.
     """
     k = len(sequences)
     feeds = chain(k)
     split = is_split(sequences)
+    if duration is None:
+        duration = lambda stage, task: ticks(task, split, stage)  # noqa: E731
     position = [0] * k
     free_at = [0] * k
-    done: dict[tuple[int, Task], int] = {}
+    done: dict[tuple[int, Task], float] = {}
     events = []
     remaining = sum(len(s) for s in sequences)
     while remaining:
@@ -193,7 +196,7 @@ def clock(sequences: list[list[Task]]):
         if not ready:
             raise ValueError(f"The schedule deadlocks: stages stuck at {position} in {sequences}.")
         start, stage, task = min(ready)
-        end = start + ticks(task, split, stage)
+        end = start + duration(stage, task)
         done[(stage, task)] = end
         free_at[stage] = end
         position[stage] += 1

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from tfpar import inputs, replica
-from tfpar.strategies import compression, replica_steps
+from tfpar.strategies import compression, replica_steps, speed_shares
 from tfpar.strategies.equal_shares import equal_shares
 from tfpar.strategies.worker_steps import worker_steps_installed
 
@@ -123,6 +123,7 @@ class _Distribute:
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         replica_steps.check_own_train_step(model, getattr(self.strategy, "microbatches", 1))
+        speed_shares.prepare(self.strategy, model, inputs.global_batch(x, fit_kwargs))
         compression.prepare(self.strategy, model)  # PowerSGD's state, outside the scope
         with self.strategy.scope(), equal_shares(model, self.strategy), \
                 worker_steps_installed(model, self.strategy):
@@ -133,6 +134,7 @@ class _Distribute:
             return model.predict(x, **predict_kwargs)
 
     def evaluate(self, model: keras.Model, x, y, evaluate_kwargs: dict):
+        speed_shares.prepare(self.strategy, model, inputs.global_batch(x, evaluate_kwargs))
         with self.strategy.scope(), equal_shares(model, self.strategy), \
                 worker_steps_installed(model, self.strategy):
             return model.evaluate(x, y, **evaluate_kwargs)

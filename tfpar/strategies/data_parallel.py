@@ -18,7 +18,7 @@ import tensorflow as tf
 from tfpar import checks, internals
 from tfpar import devices as devices_lib
 from tfpar.strategies import compression as compression_lib
-from tfpar.strategies import replica_steps
+from tfpar.strategies import replica_steps, speed_shares
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
 ALL_REDUCE = ("auto", "ring", "nccl", "reduce_to_one")
@@ -63,6 +63,13 @@ class DataParallel(tf.distribute.MirroredStrategy):
         over each micro-batch and updates its moving statistics once per
         micro-batch, as in a pipeline). k must divide each replica's share
         of `batch_size`; a model with its own `train_step` is refused.
+      device_speeds: None (equal shares), one relative speed per device
+        (e.g. [3, 1]) or "measure": in `fit_distributed` and
+        `evaluate_distributed`, each replica takes a share of every batch
+        proportional to its device's speed, with the loss weighted so that
+        training stays the one-device training (`speed_shares`). "measure"
+        times the model's forward and backward on each device when
+        training starts (`device_speeds`). Not with microbatches > 1.
 
     Example:
         >>> devices = tfpar.configure_devices(cpu=2)
@@ -79,10 +86,17 @@ class DataParallel(tf.distribute.MirroredStrategy):
         compression=None,
         bytes_per_pack: int = 0,
         microbatches: int = 1,
+        device_speeds: Sequence[float] | str | None = None,
     ):
         compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
         checks.whole_number("microbatches", microbatches, minimum=1)
         names = devices_lib.resolve(devices)
+        speed_shares.check_speeds(device_speeds, len(names))
+        if device_speeds is not None and microbatches > 1:
+            raise ValueError(
+                "device_speeds gives replicas shares of different sizes, which micro-batches "
+                f"cannot cut alike. Received: device_speeds={device_speeds!r}, "
+                f"microbatches={microbatches}. Use one of the two.")
         if all_reduce == "nccl" and not all("GPU" in n.upper() for n in names):
             raise ValueError(
                 "all_reduce='nccl' needs every device to be a GPU. "
@@ -98,6 +112,8 @@ class DataParallel(tf.distribute.MirroredStrategy):
         self.compression = compression_lib.resolve(compression)
         self.bytes_per_pack = bytes_per_pack
         self.microbatches = microbatches
+        self.device_speeds = (device_speeds if device_speeds in (None, "measure")
+                              else [float(s) for s in device_speeds])
         _configure_collectives(self.extended, all_reduce, bytes_per_pack)
         compression_lib.install(self)
 
@@ -105,12 +121,13 @@ class DataParallel(tf.distribute.MirroredStrategy):
         return (
             f"DataParallel(devices={list(self.extended.worker_devices)}, "
             f"all_reduce={self.all_reduce!r}, compression={self.compression!r}, "
-            f"bytes_per_pack={self.bytes_per_pack}, microbatches={self.microbatches})"
+            f"bytes_per_pack={self.bytes_per_pack}, microbatches={self.microbatches}"
+            + (f", device_speeds={self.device_speeds!r})" if self.device_speeds is not None else ")")
         )
 
     def experimental_distribute_dataset(self, dataset, options=None):
         # fit_distributed replaces this for its fit; reaching it with
-        # micro-batches means plain Keras, which would ignore them.
+        # micro-batches or speeds means plain Keras, which would ignore them.
         replica_steps.warn_unless_installed(self)
         return super().experimental_distribute_dataset(dataset, options)
 

@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from tfpar import internals
-from tfpar.strategies import replica_steps
+from tfpar.strategies import replica_steps, speed_shares
 
 
 @contextlib.contextmanager
@@ -68,9 +68,15 @@ def _equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
             yield
         return
     scale = _averaged_losses(model)
-    distribute = strategy.experimental_distribute_dataset
-    strategy.experimental_distribute_dataset = lambda dataset, options=None: distribute(
-        pad_dataset(dataset, replicas, scale_real=scale), options)
+    speeds = getattr(strategy, "device_speeds", None)
+    if speeds is not None:
+        # Shares by speed: each element a replica's share, marked alike.
+        strategy.experimental_distribute_dataset = lambda dataset, options=None: \
+            speed_shares.distribute(strategy, dataset, speeds, scale_real=scale, options=options)
+    else:
+        distribute = strategy.experimental_distribute_dataset
+        strategy.experimental_distribute_dataset = lambda dataset, options=None: distribute(
+            pad_dataset(dataset, replicas, scale_real=scale), options)
     steps = replica_steps.ReplicaSteps(model, microbatches)
     steps.install()
     try:

@@ -141,12 +141,23 @@ def active(strategy):
 def warn_unless_installed(strategy) -> None:
     """Warns when a strategy with micro-batches distributes a dataset
     outside `fit_distributed` (plain `model.fit` in its scope), where
-    Keras' own step runs and micro-batches would be ignored."""
-    if getattr(strategy, "microbatches", 1) > 1 and id(strategy) not in _ACTIVE:
+    Keras' own step runs and micro-batches would be ignored; the same for
+    shares by device speed."""
+    if id(strategy) in _ACTIVE:
+        return
+    if getattr(strategy, "microbatches", 1) > 1:
         warnings.warn(
             f"{type(strategy).__name__}(microbatches={strategy.microbatches}) cuts each "
             "replica's share into micro-batches only in tfpar.fit_distributed; plain "
             "model.fit in the strategy's scope runs Keras' own step on whole shares.",
+            stacklevel=3,
+        )
+    if getattr(strategy, "device_speeds", None) is not None:
+        warnings.warn(
+            f"{type(strategy).__name__}(device_speeds={strategy.device_speeds!r}) gives "
+            "replicas shares by speed only in tfpar.fit_distributed and "
+            "evaluate_distributed; plain Keras in the strategy's scope splits each batch "
+            "equally.",
             stacklevel=3,
         )
 

@@ -1,0 +1,135 @@
+"""The planner's predictions against measurement, on 4 logical CPUs.
+
+For each model (an MLP, the residual CNN, the Transformer), `tfpar.plan`
+predicts every layout; then every feasible candidate trains for a few
+steps with `fit_distributed`. The table gives, per candidate, predicted and
+measured step time (median over the steps after the first) and peak memory
+(the most the process's allocator held during a step, over what it held
+before training started: the logical CPUs share one allocator, so the
+prediction compared is the sum over the devices used), the mean absolute relative errors, and where the
+chosen plan ranks among the measured ones.
+
+Goals (issue 11): step-time error <= 15% on average, memory error <= 20%,
+chosen plan within 10% of the best measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+
+import keras
+import numpy as np
+
+import tfpar
+from tfpar.bench import timing
+
+MODELS = ("mlp", "cnn", "transformer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {MODELS}")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=12, help="per candidate; the first is warm-up")
+    parser.add_argument("--max_candidates", type=int, default=0,
+                        help="measure only the first N feasible candidates, best predicted first (0: all)")
+
+
+def main(args: argparse.Namespace) -> dict:
+    # One intra-op thread per logical CPU on 2 cores ("auto"), as the other
+    # benchmarks run; in a process that started TensorFlow, its threads.
+    tfpar.configure_devices(cpu=4)
+    results = {}
+    for name in str(args.models).split(","):
+        results[name] = _bench_model(name, args)
+    print("summary: " + "; ".join(
+        f"{name}: time error {r['time_error']:.1%}, memory error {r['memory_error']:.1%}, chosen "
+        f"rank {r['chosen_rank']} of {r['measured']} ({r['chosen_vs_best']:.2f}x the best)"
+        for name, r in results.items()))
+    time_error = statistics.mean(r["time_error"] for r in results.values())
+    memory_error = statistics.mean(r["memory_error"] for r in results.values())
+    worst = max(r["chosen_vs_best"] for r in results.values())
+    print(f"plan time_error={time_error:.3f} memory_error={memory_error:.3f} chosen_vs_best={worst:.3f}")
+    return {"models": results, "time_error": time_error, "memory_error": memory_error,
+            "chosen_vs_best": worst}
+
+
+def _model_and_data(name: str, batch_size: int, steps: int):
+    rng = np.random.default_rng(0)
+    samples = batch_size * steps
+    keras.utils.set_random_seed(0)
+    if name == "mlp":
+        model = tfpar.models.mlp(256, 10, hidden=(512, 512, 512, 512))
+        x = rng.normal(size=(samples, 256)).astype("float32")
+        y = rng.integers(0, 10, size=samples)
+    elif name == "cnn":
+        model = tfpar.models.residual_cnn((16, 16, 3), 10)
+        x = rng.normal(size=(samples, 16, 16, 3)).astype("float32")
+        y = rng.integers(0, 10, size=samples)
+    elif name == "transformer":
+        model = tfpar.models.transformer(64, 16, 16)
+        x = [rng.integers(1, 64, size=(samples, 16)), rng.integers(1, 64, size=(samples, 16))]
+        y = rng.integers(1, 64, size=(samples, 16))
+    else:
+        raise ValueError(f"--models takes {list(MODELS)}. Received: {name!r}.")
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model, x, y
+
+
+def _bench_model(name: str, args) -> dict:
+    model, x, y = _model_and_data(name, args.batch_size, args.steps)
+    plan = tfpar.plan(model, args.batch_size)
+    print(f"\n{name}: {model.count_params():,} parameters")
+    print(plan)
+    feasible = [c for c in plan.candidates if c.feasible]
+    if args.max_candidates:
+        feasible = feasible[:args.max_candidates]
+    rows, measured = [], {}
+    for candidate in feasible:
+        seconds, peak = _measure(model, x, y, candidate.strategy, args)
+        measured[candidate.name] = seconds
+        predicted_peak = sum(candidate.predicted_peak_bytes)
+        rows.append((candidate.name, candidate.predicted_step_seconds * 1e3, seconds * 1e3,
+                     _error(candidate.predicted_step_seconds, seconds), predicted_peak / 2 ** 20,
+                     peak / 2 ** 20, _error(predicted_peak, peak)))
+    print(timing.table(rows, ("layout", "predicted ms", "measured ms", "time error",
+                              "predicted MiB", "measured MiB", "memory error")))
+    order = sorted(measured, key=measured.get)
+    chosen = plan.chosen.name
+    rank = order.index(chosen) + 1 if chosen in measured else None
+    result = {
+        "time_error": statistics.mean(abs(r[3]) for r in rows),
+        "memory_error": statistics.mean(abs(r[6]) for r in rows),
+        "chosen": chosen, "chosen_rank": rank, "measured": len(order),
+        "chosen_vs_best": measured.get(chosen, float("nan")) / measured[order[0]],
+        "best": order[0],
+    }
+    print(f"{name}: chosen {chosen}, measured rank {rank} of {len(order)}, "
+          f"{result['chosen_vs_best']:.2f}x the best measured ({order[0]}); mean |time error| "
+          f"{result['time_error']:.1%}, mean |memory error| {result['memory_error']:.1%}")
+    return result
+
+
+def _measure(model, x, y, strategy, args) -> tuple[float, float]:
+    """Median step seconds after the first, and the largest bytes the
+    allocator held during a step over what it held before training: the
+    twin's weights, gradients, optimizer state and activations."""
+    import tensorflow as tf
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    copy.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = timing.StepTimer()
+    gc.collect()  # the previous candidate's twin and functions, freed first
+    # Logical CPUs share one allocator: CPU:0 reports the whole process.
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    tfpar.fit_distributed(copy, x, y, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
+                          strategy=strategy, callbacks=[timer])
+    # StepTimer's peaks are over each step's start; its bases add back.
+    peaks = [peak + base - before for peak, base in zip(timer.peak_bytes, timer.base_bytes)]
+    return statistics.median(timer.seconds[1:]), max(peaks[1:])
+
+
+def _error(predicted: float, measured: float) -> float:
+    return (predicted - measured) / measured if measured else float("nan")

@@ -1,0 +1,174 @@
+"""`tfpar.plan`: which layout to train a model with, predicted and explained.
+
+It measures the model's layers (`profile`) and this machine's links
+(`links`, cached), predicts every layout (`search`, `cost_model`) and
+returns a `Plan`: every candidate with its predicted step time, peak
+memory per device and the reason it was chosen or rejected. Printing a
+plan gives the table, best first.
+
+Example:
+    >>> devices = tfpar.configure_devices(cpu=2)
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"),
+    ...                           keras.layers.Dense(10, activation="softmax")])
+    >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    >>> plan = tfpar.plan(model, batch_size=64)
+    >>> plan.chosen.feasible
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from tfpar import devices as devices_lib
+from tfpar.strategies import device_speeds as speeds_lib
+from tfpar import checks
+from tfpar.planner import links as links_lib
+from tfpar.planner import profile as profile_lib
+from tfpar.planner import search
+from tfpar.planner.cost_model import Machine, gib
+from tfpar.table import format_table
+
+
+class Plan:
+    """Every layout considered for one model, batch and set of devices.
+
+    Attributes:
+      candidates: every `search.Candidate`, best first (feasible by
+        predicted step time, then the rejected ones).
+      chosen: the fastest feasible candidate.
+      machine: the devices, speeds and memory limits planned for.
+    """
+
+    def __init__(self, candidates: list, chosen, machine: Machine, batch_size: int):
+        self.candidates = search.ranked(candidates)
+        self.chosen = chosen
+        self.machine = machine
+        self.batch_size = batch_size
+
+    def table(self) -> str:
+        """The candidates as a text table, best first."""
+        rows = []
+        for c in self.candidates:
+            step = f"{c.predicted_step_seconds * 1e3:.2f}" if math.isfinite(c.predicted_step_seconds) else "-"
+            peak = gib(max(c.predicted_peak_bytes)) if c.predicted_peak_bytes else "-"
+            mark = "*" if c is self.chosen else ""
+            rows.append((mark, c.name, step, peak, "yes" if c.feasible else "no", c.reason))
+        return format_table(rows, ("", "layout", "ms/step", "peak/device", "feasible", "why"), align="left")
+
+    def __str__(self) -> str:
+        return (f"tfpar plan: batch_size {self.batch_size} on {len(self.machine.devices)} devices "
+                f"{self.machine.devices}\n{self.table()}")
+
+    def __repr__(self) -> str:
+        return f"Plan(chosen={self.chosen.name!r}, candidates={len(self.candidates)})"
+
+
+def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | None = None, *,
+         memory_limit: int | Sequence[int] | None = None,
+         device_speeds: Sequence[float] | str | None = None) -> Plan:
+    """Predicts every layout of `model` on `devices` and chooses the fastest
+    that fits.
+
+    Args:
+      model: a compiled, built functional or Sequential model (its
+        optimizer gives the optimizer state's size).
+      batch_size: the global batch of the training to plan.
+      devices: as for every strategy (None: every local device of the
+        fastest kind).
+      memory_limit: bytes per device (an int for all, or one per device);
+        None: what TensorFlow reports for a GPU, no limit on CPUs.
+      device_speeds: None (all devices alike), one relative speed per
+        device, or "measure" (time the model on each device).
+
+    Returns:
+      A `Plan`; `plan.chosen.strategy` is ready for `fit_distributed`.
+
+    Raises:
+      ValueError: a bad argument (the value received is named), or no
+        layout fits (each candidate's reason is listed).
+    """
+    checks.whole_number("batch_size", batch_size)
+    names = devices_lib.resolve(devices)
+    if device_speeds == "measure":
+        speeds = speeds_lib.measure_device_speeds(model, names, max(1, batch_size // len(names)))
+    elif device_speeds is not None:
+        from tfpar.strategies import speed_shares
+
+        speed_shares.check_speeds(device_speeds, len(names))
+        speeds = [float(s) for s in device_speeds]
+    else:
+        speeds = None
+    machine = Machine(names, speeds=speeds, groups=_groups(names), capacity=_capacity(names),
+                      memory_limits=_limits(memory_limit, names))
+    smallest = max(1, batch_size // (8 * len(names)))  # GPipe's largest M is 8 x stages
+    profile = profile_lib.measure(model, batch_size, smallest_rows=smallest, device=names[0])
+    links = links_lib.measure(names)
+    found = search.candidates(profile, machine, links, batch_size)
+    chosen = search.choose(found)
+    chosen._make = _make_strategy
+    for candidate in found:
+        candidate._make = _make_strategy
+    return Plan(found, chosen, machine, batch_size)
+
+
+def _make_strategy(candidate):
+    from tfpar.strategies import DataParallel, GPipe, ModelSplit
+
+    options = dict(candidate.options)
+    if candidate.kind in ("one device", "DataParallel"):
+        return DataParallel(options.pop("devices"), **options)
+    devices = options.pop("devices")
+    return (ModelSplit if candidate.kind == "ModelSplit" else GPipe)(devices, **options)
+
+
+def _groups(names: list[str]) -> list[int]:
+    """Logical CPUs are carved from one host CPU: one group. Each GPU is its
+    own, unless TensorFlow split physical GPUs into more logical ones, whose
+    owners it does not report: then they count as one."""
+    gpus = [n for n in names if "GPU" in n.upper()]
+    split_gpus = len(tf.config.list_logical_devices("GPU")) > len(tf.config.list_physical_devices("GPU"))
+    groups = []
+    for index, name in enumerate(names):
+        if "GPU" in name.upper():
+            groups.append(1 if split_gpus else 2 + gpus.index(name))
+        else:
+            groups.append(0)
+    return groups
+
+
+def _capacity(names: list[str]) -> dict:
+    """How many lone devices' worth of work each group runs at once: for the
+    host CPU, its cores over the threads one op may take."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or cores
+    return {0: max(1.0, cores / threads), 1: 1.0}
+
+
+def _limits(memory_limit, names: list[str]) -> list[int | None]:
+    if memory_limit is None:
+        return [_reported_limit(name) for name in names]
+    limits = list(memory_limit) if isinstance(memory_limit, Sequence) else [memory_limit] * len(names)
+    if len(limits) != len(names) or not all(checks.is_whole(v) for v in limits):
+        raise ValueError(
+            f"memory_limit must be bytes per device: one whole number for all, or one per device "
+            f"({len(names)}). Received: memory_limit={memory_limit!r}.")
+    return [int(v) for v in limits]
+
+
+def _reported_limit(name: str) -> int | None:
+    """A logical GPU's configured memory limit; None where TensorFlow sets
+    none (CPUs, whole GPUs)."""
+    if "GPU" not in name.upper():
+        return None
+    for physical in tf.config.list_physical_devices("GPU"):
+        configs = tf.config.get_logical_device_configuration(physical) or []
+        for config in configs:
+            if config.memory_limit:
+                return int(config.memory_limit) << 20
+    return None

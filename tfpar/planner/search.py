@@ -1,0 +1,183 @@
+"""Every layout the planner considers, predicted, ranked and explained.
+
+Pure Python over the cost model: for each layout (one device, data
+parallel over R devices, ModelSplit and GPipe over K stages with M
+micro-batches, each schedule, with and without rematerialisation, and
+R x K hybrids), a `Candidate` with its predicted step time, its peak bytes
+per device, whether it is feasible and why it was chosen or rejected.
+
+Example:
+    >>> from tfpar.planner.cost_model import LayerCost, Links, Machine, ModelProfile
+    >>> layer = LayerCost("dense", (1e-4, 1e-6), (2e-4, 2e-6), 4 << 20, 4 << 20, 4096, 4096)
+    >>> model = ModelProfile([layer] * 4, input_bytes=64, optimizer_slots=2, step_overhead=1e-3)
+    >>> machine = Machine(["/cpu:0", "/cpu:1"], memory_limits=[40 << 20, 40 << 20])
+    >>> links = Links({2: (1e-4, 1e9)}, (1e-5, 1e10))
+    >>> chosen = choose(candidates(model, machine, links, batch_size=64))
+    >>> chosen.name, chosen.feasible
+    ('GPipe(2, M=2, zb1)', True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from tfpar.pipeline import schedule as schedule_lib
+from tfpar.planner import cost_model
+from tfpar.planner.cost_model import Links, Machine, ModelProfile, Prediction, gib
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One layout: what it is, what it is predicted to cost, and why.
+
+    Attributes:
+      name: short readable layout, e.g. "GPipe(2, M=8, 1f1b)".
+      kind: "one device", "DataParallel", "ModelSplit" or "GPipe".
+      options: the strategy's arguments (devices, microbatches, ...).
+      predicted_step_seconds: predicted seconds per training step.
+      predicted_peak_bytes: predicted peak bytes on each device it uses.
+      feasible: whether it can run (divides the batch, fits in memory).
+      reason: why it was chosen, or why not.
+    """
+    name: str
+    kind: str
+    options: dict
+    predicted_step_seconds: float
+    predicted_peak_bytes: list[int]
+    feasible: bool = True
+    reason: str = ""
+    _make: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
+    _strategy: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def strategy(self):
+        """The ready strategy object (made when first asked for)."""
+        if self._strategy is None and self._make is not None:
+            self._strategy = self._make(self)
+        return self._strategy
+
+
+def candidates(model: ModelProfile, machine: Machine, links: Links, batch_size: int) -> list[Candidate]:
+    """Every layout over the machine's devices, predicted; infeasible ones
+    keep their reason (`feasible=False`)."""
+    n = len(machine.devices)
+    layers = len(model.layers)
+    found = [_one_device(model, machine, links, batch_size)]
+    for replicas in range(2, n + 1):
+        found.append(_data_parallel(model, machine, links, batch_size, replicas))
+    for replicas in range(1, n // 2 + 1):
+        for stages in range(2, min(n // replicas, layers) + 1):
+            found.extend(_pipelines(model, machine, links, batch_size, stages, replicas))
+    for candidate in found:
+        if candidate.feasible:
+            over = _over_limit(machine, candidate)
+            if over:
+                candidate.feasible, candidate.reason = False, over
+    return found
+
+
+def choose(found: list[Candidate]) -> Candidate:
+    """Marks the fastest feasible candidate as chosen (fewer devices break a
+    tie) and gives every other feasible one its reason; returns it.
+
+    Raises:
+      ValueError: no candidate is feasible (every reason is listed).
+    """
+    feasible = [c for c in found if c.feasible]
+    if not feasible:
+        reasons = "; ".join(f"{c.name}: {c.reason}" for c in found)
+        raise ValueError(f"No layout fits: {reasons}. Use more devices, a smaller batch_size or a "
+                         "higher memory_limit.")
+    ranked = sorted(feasible, key=_rank)
+    best = ranked[0]
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    best.reason = f"fastest feasible: {best.predicted_step_seconds * 1e3:.1f} ms/step predicted"
+    if runner_up is not None:
+        best.reason += (f", {runner_up.predicted_step_seconds / best.predicted_step_seconds:.2f}x "
+                        f"faster than {runner_up.name}")
+    for other in ranked[1:]:
+        other.reason = (f"slower: {other.predicted_step_seconds * 1e3:.1f} ms/step predicted, "
+                        f"{other.predicted_step_seconds / best.predicted_step_seconds:.2f}x {best.name}")
+    return best
+
+
+def ranked(found: list[Candidate]) -> list[Candidate]:
+    """Best first: feasible by predicted time, then the rejected ones."""
+    return sorted(found, key=lambda c: (not c.feasible, *_rank(c)))
+
+
+def _rank(candidate: Candidate):
+    return candidate.predicted_step_seconds, len(candidate.predicted_peak_bytes)
+
+
+def _one_device(model, machine, links, batch_size) -> Candidate:
+    prediction = cost_model.data_parallel(model, machine, links, batch_size, 1)
+    return _candidate("one device", "one device", {"devices": machine.devices[:1]}, prediction)
+
+
+def _data_parallel(model, machine, links, batch_size, replicas) -> Candidate:
+    options = {"devices": machine.devices[:replicas]}
+    name = f"DataParallel({replicas})"
+    speeds = machine.speeds[:replicas] if machine.speeds else None
+    shares = None
+    if speeds and len(set(speeds)) > 1:
+        from tfpar.strategies import speed_shares  # pure Python arithmetic
+
+        shares = speed_shares.shares(batch_size, speeds)
+        options["device_speeds"] = list(speeds)
+        name = f"DataParallel({replicas}, shares {':'.join(str(s) for s in shares)})"
+    elif batch_size % replicas:
+        return _rejected(name, "DataParallel", options,
+                         f"batch_size {batch_size} is not divisible by {replicas} replicas")
+    prediction = cost_model.data_parallel(model, machine, links, batch_size, replicas, shares)
+    return _candidate(name, "DataParallel", options, prediction)
+
+
+def _pipelines(model, machine, links, batch_size, stages, replicas) -> list[Candidate]:
+    found = []
+    devices = machine.devices[:stages * replicas]
+    speeds = [min(machine.speed(r * stages + s) for r in range(replicas)) for s in range(stages)]
+    hybrid = f"{replicas}x{stages}" if replicas > 1 else f"{stages}"
+    layouts = [("ModelSplit", 1, "gpipe", False)]
+    for m in (stages, 2 * stages, 4 * stages, 8 * stages):
+        for schedule in schedule_lib.SCHEDULES:
+            for remat in (False, True):
+                layouts.append(("GPipe", m, schedule, remat))
+    for kind, m, schedule, remat in layouts:
+        name = (f"ModelSplit({hybrid})" if kind == "ModelSplit" else
+                f"GPipe({hybrid}, M={m}, {schedule}{', remat' if remat else ''})")
+        rows = batch_size / (replicas * m)
+        sizes = cost_model.balanced_sizes(model, stages, rows, speeds if len(set(speeds)) > 1 else None)
+        options = {"devices": devices, "balance": sizes}
+        if replicas > 1:
+            options["data_parallel"] = replicas
+        if speeds and len(set(speeds)) > 1:
+            options["device_speeds"] = speeds
+        if kind == "GPipe":
+            options.update(microbatches=m, schedule=schedule, rematerialize=remat)
+        if batch_size % (replicas * m):
+            what = f"{replicas} replicas x {m} micro-batches" if replicas > 1 else f"{m} micro-batches"
+            found.append(_rejected(name, kind, options, f"batch_size {batch_size} is not divisible by {what}"))
+            continue
+        prediction = cost_model.pipeline(model, machine, links, batch_size, sizes, microbatches=m,
+                                         schedule=schedule, rematerialize=remat, replicas=replicas)
+        found.append(_candidate(name, kind, options, prediction))
+    return found
+
+
+def _candidate(name, kind, options, prediction: Prediction) -> Candidate:
+    return Candidate(name, kind, options, prediction.seconds, prediction.peak_bytes)
+
+
+def _rejected(name, kind, options, reason) -> Candidate:
+    return Candidate(name, kind, options, float("inf"), [], feasible=False, reason=reason)
+
+
+def _over_limit(machine: Machine, candidate: Candidate) -> str:
+    """Why the candidate does not fit in memory, or "" when it does."""
+    for index, peak in enumerate(candidate.predicted_peak_bytes):
+        limit = machine.limit(index)
+        if limit is not None and peak > limit:
+            return f"needs {gib(peak)} on {machine.devices[index]}, limit {gib(limit)}"
+    return ""
