@@ -80,3 +80,21 @@ ADAM_ATOL = 1e-5
 def data():
     return make_data()
 
+
+
+if os.environ.get("TFPAR_TEST_CPU_LOG"):
+    # Where the suite's time goes: each test's CPU seconds, its own and its
+    # finished child processes', appended to the file named.
+    import resource
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(item):
+        def cpu():
+            own, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+            return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+        before = cpu()
+        yield
+        after = cpu()
+        with open(os.environ["TFPAR_TEST_CPU_LOG"], "a") as log:
+            log.write(f"{after[0] - before[0]:.1f} {after[1] - before[1]:.1f} {item.nodeid}\n")

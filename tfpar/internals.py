@@ -137,6 +137,13 @@ def inbound_node_count(op) -> int:
     return len(getattr(op, "_inbound_nodes", []))
 
 
+def call_arguments(layer) -> tuple[tuple, dict]:
+    """The (args, kwargs) of the layer's first call in its model, with
+    KerasTensors for the tensors: Keras records each call as a node."""
+    node = layer._inbound_nodes[0]
+    return tuple(node.arguments.args), dict(node.arguments.kwargs)
+
+
 def added_losses(model: keras.Model) -> list:
     """The losses the model's layers added in their last call (`add_loss`,
     activity regularizers), without the weight regularizers."""

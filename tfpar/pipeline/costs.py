@@ -68,15 +68,25 @@ def measured_seconds(op, batch_size: int, repeats: int = 5) -> float:
     """Median forward time of `op` on a random batch (inference mode)."""
     inputs = [random_batch(t, batch_size) for t in keras.tree.flatten(op.input)]
     call_args = inputs[0] if len(inputs) == 1 else inputs
-    op(call_args)  # warm-up: first calls trace and allocate
+    return median_seconds(lambda: op(call_args), repeats)
+
+
+def median_seconds(run, repeats: int = 5) -> float:
+    """Median wall time of `run()` over `repeats` calls after one warm-up
+    call (tracing, allocation), each waiting for every tensor it returns."""
+    _wait(run())
     seconds = []
     for _ in range(repeats):
         start = time_lib.perf_counter()
-        result = op(call_args)
-        for t in keras.tree.flatten(result):
-            np.asarray(t)  # wait for the value
+        _wait(run())
         seconds.append(time_lib.perf_counter() - start)
     return statistics.median(seconds)
+
+
+def _wait(result) -> None:
+    for t in keras.tree.flatten(result):
+        if t is not None:
+            np.asarray(t)  # the value exists only once computed
 
 
 def _output(op):

@@ -19,13 +19,11 @@ import hashlib
 import json
 import os
 import pathlib
-import statistics
-import time
 from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 
+from tfpar.pipeline import costs
 from tfpar.planner.cost_model import Links
 
 # Two sizes far apart, so that latency and bandwidth separate: 64 KiB is
@@ -83,7 +81,7 @@ def _all_reduce_seconds(devices, nbytes: int, repeats: int) -> float:
             return tf.distribute.get_replica_context().all_reduce("sum", value.read_value())
         return strategy.run(replica)
 
-    return _median(lambda: strategy.experimental_local_results(step()), repeats)
+    return costs.median_seconds(lambda: strategy.experimental_local_results(step()), repeats)
 
 
 def _copy_seconds(source: str, target: str, nbytes: int, repeats: int) -> float:
@@ -96,16 +94,4 @@ def _copy_seconds(source: str, target: str, nbytes: int, repeats: int) -> float:
             # A reduction on the target makes the copy happen there.
             return tf.reduce_sum(tf.identity(value.read_value()))
 
-    return _median(lambda: [copy()], repeats)
-
-
-def _median(run, repeats: int) -> float:
-    for t in run():  # warm-up: tracing and the collective's set-up
-        np.asarray(t)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for t in run():
-            np.asarray(t)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return costs.median_seconds(copy, repeats)

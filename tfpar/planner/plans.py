@@ -111,9 +111,8 @@ def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | Non
     links = links_lib.measure(names)
     found = search.candidates(profile, machine, links, batch_size)
     chosen = search.choose(found)
-    chosen._make = _make_strategy
     for candidate in found:
-        candidate._make = _make_strategy
+        candidate.factory = _make_strategy
     return Plan(found, chosen, machine, batch_size)
 
 

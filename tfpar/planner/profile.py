@@ -13,20 +13,19 @@ Example:
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(2)])
     >>> model.compile(optimizer="adam", loss="mse")
     >>> profile = measure(model, batch_size=16, smallest_rows=2)
-    >>> [layer.name for layer in profile.layers], profile.optimizer_slots
-    (['dense', 'dense_1'], 2)
+    >>> len(profile.layers), profile.optimizer_slots, profile.layers[0].weight_bytes   # 8 x 4 + 4, float32
+    (2, 2, 144)
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpar import internals
 from tfpar.pipeline import costs, placement
 from tfpar.planner.cost_model import LayerCost, ModelProfile
 
@@ -79,7 +78,7 @@ def optimizer_slots(model: keras.Model) -> int:
 
 
 def _layer_seconds(layer, rows: list[int], repeats: int) -> list[tuple[float, float]]:
-    args, kwargs = _call_arguments(layer)
+    args, kwargs = internals.call_arguments(layer)
     variables = layer.trainable_variables
     result = []
     for n in rows:
@@ -99,8 +98,8 @@ def _layer_seconds(layer, rows: list[int], repeats: int) -> list[tuple[float, fl
                 total = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32)) for o in outputs])
             return tape.gradient(total, variables + floats, unconnected_gradients="zero")
 
-        f = _median(lambda: forward(inputs), repeats)
-        fb = _median(lambda: forward_backward(inputs, floats), repeats)
+        f = costs.median_seconds(lambda: forward(inputs), repeats)
+        fb = costs.median_seconds(lambda: forward_backward(inputs, floats), repeats)
         result.append((f, max(fb - f, 0.0)))
     return result
 
@@ -123,8 +122,8 @@ def _model_seconds(model, rows: list[int], repeats: int) -> list[tuple[float, fl
                 total = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32)) for o in outputs])
             return tape.gradient(total, variables, unconnected_gradients="zero")
 
-        f = _median(lambda: forward(inputs), repeats)
-        fb = _median(lambda: forward_backward(inputs), repeats)
+        f = costs.median_seconds(lambda: forward(inputs), repeats)
+        fb = costs.median_seconds(lambda: forward_backward(inputs), repeats)
         result.append((f, max(fb - f, 0.0)))
     return result
 
@@ -144,23 +143,7 @@ def _update_seconds(model, repeats: int) -> float:
         copy.apply_gradients(zip(grads, variables))
         return [variables[0].value]
 
-    return _median(apply, repeats)
-
-
-def _median(run, repeats: int) -> float:
-    _wait(run())  # warm-up: tracing and allocation
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _wait(run())
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
-
-
-def _wait(tensors) -> None:
-    for t in keras.tree.flatten(tensors):
-        if t is not None:
-            np.asarray(t)
+    return costs.median_seconds(apply, repeats)
 
 
 def _fit(rows: list[int], seconds: list[float]) -> tuple[float, float]:
@@ -183,12 +166,6 @@ def _rescaled(fits, whole):
                   for i in (0, 1))
             for part in (0, 1)))
     return scaled
-
-
-def _call_arguments(layer):
-    """The symbolic arguments the layer was called with in the model."""
-    node = layer._inbound_nodes[0]  # Keras records each call as a node
-    return tuple(node.arguments.args), dict(node.arguments.kwargs)
 
 
 def _random(value, rows: int):

@@ -10,7 +10,7 @@ Example:
     >>> from tfpar.planner.cost_model import LayerCost, Links, Machine, ModelProfile
     >>> layer = LayerCost("dense", (1e-4, 1e-6), (2e-4, 2e-6), 4 << 20, 4 << 20, 4096, 4096)
     >>> model = ModelProfile([layer] * 4, input_bytes=64, optimizer_slots=2, step_overhead=1e-3)
-    >>> machine = Machine(["/cpu:0", "/cpu:1"], memory_limits=[40 << 20, 40 << 20])
+    >>> machine = Machine(["/cpu:0", "/cpu:1"], memory_limits=[48 << 20, 48 << 20])
     >>> links = Links({2: (1e-4, 1e9)}, (1e-5, 1e10))
     >>> chosen = choose(candidates(model, machine, links, batch_size=64))
     >>> chosen.name, chosen.feasible
@@ -39,6 +39,7 @@ class Candidate:
       predicted_peak_bytes: predicted peak bytes on each device it uses.
       feasible: whether it can run (divides the batch, fits in memory).
       reason: why it was chosen, or why not.
+      factory: makes the strategy from the candidate (`plans` sets it).
     """
     name: str
     kind: str
@@ -47,14 +48,15 @@ class Candidate:
     predicted_peak_bytes: list[int]
     feasible: bool = True
     reason: str = ""
-    _make: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
+    factory: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
     _strategy: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def strategy(self):
-        """The ready strategy object (made when first asked for)."""
-        if self._strategy is None and self._make is not None:
-            self._strategy = self._make(self)
+        """The ready strategy object, made by `factory(candidate)` when first
+        asked for (a strategy holds devices and collective keys)."""
+        if self._strategy is None and self.factory is not None:
+            self._strategy = self.factory(self)
         return self._strategy
 
 

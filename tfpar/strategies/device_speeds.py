@@ -17,12 +17,9 @@ Example:
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfpar.pipeline import costs
@@ -75,16 +72,4 @@ def _pass_seconds(model: keras.Model, device: str, batch_size: int, repeats: int
                 total = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32)) for o in keras.tree.flatten(outputs)])
             return tape.gradient(total, variables) if variables else [total]
 
-        _wait(forward_backward(inputs))  # warm-up: tracing and allocation
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            _wait(forward_backward(inputs))
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _wait(tensors) -> None:
-    for t in tensors:
-        if t is not None:
-            np.asarray(tf.convert_to_tensor(t))
+        return costs.median_seconds(lambda: forward_backward(inputs), repeats)
