@@ -53,9 +53,15 @@ class Idiom:
     # as DataParallel (which runs every idiom); the job keeps every idiom
     # with its own data path (inputs, weights, validation, outputs, layers
     # that differ in training) and leaves out those that only add model
-    # compute (recurrent layers, attention) or another loss form of a path
-    # already there: they cost most of its time and test nothing new there.
+    # compute (convolutions, recurrent layers, attention) or another loss
+    # form of a path already there: they cost most of its time and test
+    # nothing new there.
     multi_worker: bool = True
+    # Every row's computation is its own (no mask, no sparse gradient, no
+    # batch statistics, no loss form of its own): a micro-batch is only a
+    # smaller batch to it, so the micro-batch column, whose mechanics the
+    # other idioms cover, leaves it out.
+    per_sample: bool = False
 
     def fit_kwargs(self, extra: dict) -> dict:
         return {"batch_size": self.batch, "epochs": EPOCHS, "shuffle": False, "verbose": 0, **extra}
@@ -602,21 +608,25 @@ def custom_train_step():
 IDIOMS = [
     Idiom("softmax + sparse_categorical_crossentropy", _seeded(softmax_sparse), plain_data),
     Idiom("softmax + categorical_crossentropy, one-hot", _seeded(softmax_one_hot), one_hot_data,
-          atol=ADAM_ATOL),
+          atol=ADAM_ATOL, multi_worker=False),
     Idiom("softmax + loss object, RMSprop", _seeded(softmax_loss_object), plain_data, atol=ADAM_ATOL,
           multi_worker=False),
-    Idiom("sigmoid + binary_crossentropy", _seeded(sigmoid_binary), binary_data, atol=ADAM_ATOL),
+    Idiom("sigmoid + binary_crossentropy", _seeded(sigmoid_binary), binary_data, atol=ADAM_ATOL,
+          multi_worker=False),
     Idiom("sigmoid multi-label", _seeded(sigmoid_multi_label), multi_label_data,
           multi_worker=False),
-    Idiom("regression: mse, mae and Huber heads", _seeded(regression_heads), regression_heads_data),
-    Idiom("Conv2D + pooling", _seeded(conv_net), image_data, atol=ADAM_ATOL),
+    Idiom("regression: mse, mae and Huber heads", _seeded(regression_heads), regression_heads_data,
+          multi_worker=False),
+    Idiom("Conv2D + pooling", _seeded(conv_net), image_data, atol=ADAM_ATOL, multi_worker=False,
+          per_sample=True),
     Idiom("Embedding(mask_zero) + LSTM", _seeded(embedding_lstm_masked), text_data(),
           atol=ADAM_ATOL, multi_worker=False),
-    Idiom("Embedding + GRU", _seeded(embedding_gru), text_data(binary=True), multi_worker=False),
+    Idiom("Embedding + GRU", _seeded(embedding_gru), text_data(binary=True), multi_worker=False,
+          per_sample=True),
     Idiom("Embedding + Bidirectional LSTM", _seeded(bidirectional_lstm), text_data(binary=True),
-          multi_worker=False),
+          multi_worker=False, per_sample=True),
     Idiom("keras.io TransformerBlock", _seeded(transformer_classifier(0.0)), transformer_data,
-          multi_worker=False),
+          multi_worker=False, per_sample=True),
     Idiom("two inputs, list outputs, loss_weights", _seeded(multi_input_list_outputs),
           multi_input_list_data),
     Idiom("dict outputs, per-output losses and metrics", _seeded(dict_outputs), dict_data,
