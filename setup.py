@@ -24,7 +24,7 @@ setup(
         "matplotlib",  # pipeline timeline pictures
         "tensorboard",  # keras.callbacks.TensorBoard, python -m tfpar.train --tensorboard_dir
     ],
-    # pytest-xdist: the suite runs on five processes (pyproject.toml's addopts).
+    # pytest-xdist: the suite runs on four processes (pyproject.toml's addopts).
     # torch: the PyTorch peer of `python -m tfpar.bench pipeline --peer torch`
     # (the CPU wheel is enough); never needed to train or test.
     extras_require={"test": ["pytest>=7", "pytest-xdist"], "bench": ["torch"]},
