@@ -276,7 +276,7 @@ class PipelineModel(keras.Model):
         micro = MicroBatches(flat_x, y, sample_weight, plan.microbatches * len(plan.graphs), total)
         steps = [Step(self, r, micro, r * plan.microbatches) for r in range(len(plan.graphs))]
         plan.gradient_sum.begin()
-        timeline, stamps, k = plan.timeline, [], len(plan.graph.stages)
+        timeline, stamps, ends, k = plan.timeline, [], {}, len(plan.graph.stages)
         for stage_index, (kind, m) in plan.order:
             if kind == "A":
                 continue  # after every backward, below
@@ -295,9 +295,11 @@ class PipelineModel(keras.Model):
             else:
                 step.weights(local_stage, m)
             if timeline is not None:
-                stamps.append(tf.stack([start, timeline_lib.stamp(device, step.last[local_stage])]))
+                end = timeline_lib.stamp(device, step.last[local_stage])
+                ends[(plan.replica, local_stage)] = end
+                stamps.append(tf.stack([start, end]))
         plan.replica = 0
-        grads = self._all_reduced(steps, stamps) if plan.all_reduce else steps[0].gradients()
+        grads = self._all_reduced(steps, stamps, ends) if plan.all_reduce else steps[0].gradients()
         if timeline is not None:
             timeline.assign(tf.stack(stamps))
         plan.check_gradients(grads)
@@ -332,9 +334,12 @@ class PipelineModel(keras.Model):
         internals.loss_tracker(self).update_state(loss, sample_weight=count)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
-    def _all_reduced(self, steps: list, stamps: list) -> list:
+    def _all_reduced(self, steps: list, stamps: list, ends: dict) -> list:
         """Each replica's gradients summed with the other replicas', stage by
-        stage, as soon as the stage's last backward is done."""
+        stage, as soon as the stage's last backward is done. `ends`: each
+        (replica, stage)'s last task's end stamp, which the all-reduce's
+        start stamp follows (the gradients can exist before that stamp is
+        read, and the interval would start before the backward's end)."""
         plan, k = self._plan, len(self._plan.graph.stages)
         reduced = {}
         for s in reversed(range(k)):
@@ -343,8 +348,9 @@ class PipelineModel(keras.Model):
             starts = None
             if plan.timeline is not None:
                 starts = [timeline_lib.stamp(step.graph.stages[s].device,
-                                             gradients_lib.tensors_of(grads) or step.last[s])
-                          for step, grads in zip(steps, local)]
+                                             (gradients_lib.tensors_of(grads) or step.last[s])
+                                             + [ends[(r, s)]] * ((r, s) in ends))
+                          for r, (step, grads) in enumerate(zip(steps, local))]
             summed = plan.all_reduce[s](local, after=None if starts is None else [[t] for t in starts])
             for r, (step, vs, grads) in enumerate(zip(steps, variables, summed)):
                 reduced.update({id(v): g for v, g in zip(vs, grads)})
