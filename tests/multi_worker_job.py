@@ -4,6 +4,7 @@ Imported by the worker scripts the tests launch (PYTHONPATH includes tests/)
 and by the tests themselves for the one-process reference.
 """
 
+import functools
 import os
 import pathlib
 
@@ -51,6 +52,7 @@ def model(hidden=(16, 8), kind="mlp", steps_per_execution=1):
     return net
 
 
+@functools.lru_cache(maxsize=None)  # several tests and checks compare with the same run
 def reference(kind="mlp", **fit_kwargs):
     """Single-process model.fit: the result multi-worker runs must match."""
     net = model(kind=kind)

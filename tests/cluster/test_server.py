@@ -11,6 +11,10 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
+from tfpar.cluster import server
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIENT = """import os, subprocess, sys, time
 import numpy as np
@@ -59,7 +63,7 @@ def test_model_split_and_gpipe_run_stages_on_server_processes(tmp_path):
     assert "/job:worker/replica:0/task:1/device:CPU:0" in completed.stdout
 
 
-def test_server_refuses_a_port_in_use_and_bad_flags():
+def test_server_refuses_a_port_in_use():
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
@@ -68,9 +72,16 @@ def test_server_refuses_a_port_in_use_and_bad_flags():
             [sys.executable, "-m", "tfpar.server", "--cluster", f"localhost:{port}", "--index", "0"],
             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 2 and f"Port {port}" in completed.stderr and "already in use" in completed.stderr
-    completed = subprocess.run([sys.executable, "-m", "tfpar.server", "--cluster", "localhost:1"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 2 and "--cluster needs --index" in completed.stderr
-    completed = subprocess.run([sys.executable, "-m", "tfpar.server", "--cluster", "localhost:1,localhost:2",
-                                "--index", "5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 2 and "between 0 and 1" in completed.stderr
+
+
+# The flag errors come before any server starts, so they are checked in
+# this process (each binary start is a TensorFlow import).
+@pytest.mark.parametrize("argv, message", [
+    (["--cluster", "localhost:1"], "--cluster needs --index"),
+    (["--cluster", "localhost:1,localhost:2", "--index", "5"], "between 0 and 1"),
+])
+def test_server_refuses_bad_flags(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["python -m tfpar.server", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        server.run()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
