@@ -8,6 +8,9 @@ import os
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Allocator stats for the benchmarks some tests run in this process (see
+# tfpar/bench/__main__.py); read when TensorFlow creates its devices.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 # The planner caches its link measurements; not in the user's home.
 os.environ.setdefault("TFPAR_CACHE_DIR", tempfile.mkdtemp(prefix="tfpar-cache-"))
 

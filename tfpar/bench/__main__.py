@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from tfpar.bench import data_parallel, hybrid, multi_worker, pipeline, plan
@@ -18,6 +19,12 @@ def run(argv: list[str] | None = None) -> dict:
     for name, module in BENCHMARKS.items():
         module.add_arguments(commands.add_parser(name, help=module.__doc__.splitlines()[0]))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # The benchmarks read peak memory from TensorFlow's allocator stats. The
+    # default CPU allocator keeps none unless something else switched them
+    # on (a profiler run); the BFC allocator always does. TensorFlow reads
+    # this when it creates its devices, so a process that already has
+    # devices must have set it itself (tests/conftest.py does).
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     return BENCHMARKS[args.name].main(args)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import time
 
@@ -40,9 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    # The default CPU allocator leaves some allocations out of its stats; the
-    # BFC allocator counts all. Read when TensorFlow creates its devices.
-    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     tfpar.configure_devices(cpu=args.devices, intra_op_threads=1)
     devices = tfpar.devices.local_devices("CPU")[: args.devices]
     rng = np.random.default_rng(0)

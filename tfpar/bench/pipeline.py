@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -63,9 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    # The default CPU allocator leaves some allocations out of its stats; the
-    # BFC allocator counts all. Read when TensorFlow creates its devices.
-    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     if args.one_thread_step:
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.threading.set_intra_op_parallelism_threads(1)
