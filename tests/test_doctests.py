@@ -11,7 +11,7 @@ import doctest_run
 def test_every_docstring_example_holds():
     # Its own process: the Examples lay out 2 devices, these tests 4.
     done = subprocess.run([sys.executable, "tests/doctest_run.py"], cwd=doctest_run.ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     summary = re.search(r"doctests: (\d+) examples run, (\d+) failed", done.stdout)
     assert done.returncode == 0 and summary, done.stdout[-4000:] + done.stderr[-2000:]
     # About 100 today; far fewer means docstrings stopped being found.

@@ -32,5 +32,5 @@ def test_notebook_runs(path, tmp_path):
                PYTHONPATH=str(ROOT))  # the tree under test, not an older install
     # Run in a scratch directory: notebooks write pictures and job files.
     completed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=600)
+                               capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -8,32 +8,82 @@ Example:
     ...                                 strategy=tfpar.strategies.DataParallel(2))
 """
 
-from tfpar import datasets, models, strategies
-from tfpar.describe import describe_placement
-from tfpar.devices import configure_devices
-from tfpar.fit import fit_distributed
-from tfpar.inference import evaluate_distributed, predict_distributed
-from tfpar.pipeline import timeline
-from tfpar.planner import Plan, plan
+# The public names load on first use (PEP 562): `python -m tfpar.launch`
+# and `python -m tfpar.server --help` then start without importing
+# TensorFlow, which takes 5 to 12 s a process. A launched worker imports
+# everything at once, below.
+import importlib as _importlib
+import importlib.abc as _abc
+import importlib.util as _util
+import sys as _sys
 
+from tfpar.cluster import startup as _startup
+
+__version__ = "0.1.0"
+
+_PUBLIC = {  # name: (module, attribute or None for the module itself)
+    "configure_devices": ("tfpar.devices", "configure_devices"),
+    "datasets": ("tfpar.datasets", None),
+    "describe_placement": ("tfpar.describe", "describe_placement"),
+    "evaluate_distributed": ("tfpar.inference", "evaluate_distributed"),
+    "fit_distributed": ("tfpar.fit", "fit_distributed"),
+    "models": ("tfpar.models", None),
+    "plan": ("tfpar.planner", "plan"),
+    "Plan": ("tfpar.planner", "Plan"),
+    "predict_distributed": ("tfpar.inference", "predict_distributed"),
+    "strategies": ("tfpar.strategies", None),
+    "timeline": ("tfpar.pipeline.timeline", None),
+}
 # Modules that moved into the pipeline and cluster packages keep their old
 # names, as attributes and for `import tfpar.schedule`, so that code written
 # against the flat layout keeps working.
-import sys as _sys
+_MOVED = {"checkpoint": "tfpar.cluster.checkpoint", "partition": "tfpar.pipeline.partition",
+          "schedule": "tfpar.pipeline.schedule", "timeline": "tfpar.pipeline.timeline"}
 
-from tfpar.cluster import checkpoint
-from tfpar.pipeline import partition, schedule
 
-for _name, _module in (("checkpoint", checkpoint), ("partition", partition),
-                       ("schedule", schedule), ("timeline", timeline)):
-    _sys.modules.setdefault(f"tfpar.{_name}", _module)
+def __getattr__(name: str):
+    if name in _PUBLIC or name in _MOVED:
+        module, attribute = _PUBLIC.get(name, (_MOVED.get(name), None))
+        value = _importlib.import_module(module)
+        if attribute is not None:
+            value = getattr(value, attribute)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and _util.find_spec(f"tfpar.{name}") is not None:
+        return _importlib.import_module(f"tfpar.{name}")  # e.g. tfpar.pipeline
+    raise AttributeError(f"module 'tfpar' has no attribute {name!r}")
 
-__version__ = "0.1.0"
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_PUBLIC) | set(_MOVED))
+
+
+class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
+    """`import tfpar.schedule` finds the module where it lives now."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        name = fullname.rpartition(".")[2]
+        if fullname.startswith("tfpar.") and fullname.count(".") == 1 and name in _MOVED:
+            return _util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return _importlib.import_module(_MOVED[spec.name.rpartition(".")[2]])
+
+    def exec_module(self, module) -> None:
+        pass  # the module ran where it lives
+
+
+if not any(isinstance(finder, _MovedModules) for finder in _sys.meta_path):
+    _sys.meta_path.append(_MovedModules())
 
 # A worker started by `python -m tfpar.launch` (TFPAR_MULTI_WORKER) makes its
 # MultiWorker strategy now, before the program runs any TensorFlow op:
 # TensorFlow configures collectives only at startup.
-strategies.MultiWorker.start_from_environment()
+if _startup.worker_options() is not None:
+    for _name in _PUBLIC:
+        __getattr__(_name)
+    strategies.MultiWorker.start_from_environment()  # noqa: F821 (loaded just above)
 
 __all__ = [
     "configure_devices",

@@ -14,7 +14,7 @@ def test_data_parallel_benchmark_reports_every_run():
         [sys.executable, "-m", "tfpar.bench", "data_parallel", "--devices=2", "--repeats=1",
          "--epochs=2", "--samples=512", "--batch_size=128", "--width=32",
          "--microbatches=2", "--memory_batch=256", "--memory_width=32", "--memory_depth=2"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout

@@ -13,7 +13,7 @@ def test_multi_worker_benchmark_reports_scaling():
         [sys.executable, "-m", "tfpar.bench", "multi_worker", "--repeats=1", "--width=32",
          "--per_worker_batch=64", "--steps=2", "--epochs=2", "--bytes_per_pack=0",
          "--steps_per_execution=2", "--bare=0"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "scaling efficiency:" in completed.stdout and "bytes_per_pack" in completed.stdout

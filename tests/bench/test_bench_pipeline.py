@@ -9,7 +9,7 @@ def test_pipeline_benchmark_prints_speed_and_memory_tables():
         [sys.executable, "-m", "tfpar.bench", "pipeline", "--devices=2", "--microbatches=2",
          "--width=32", "--depth=2", "--batch_size=64", "--steps=2", "--repeats=1",
          "--memory_depth=2", "--memory_batch=64"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout

@@ -51,7 +51,7 @@ def launch(tmp_path, kill_at):
     return subprocess.run(
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1", "--",
          sys.executable, str(tmp_path / "job.py"), str(tmp_path), str(kill_at)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
 
 

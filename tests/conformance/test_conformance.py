@@ -111,12 +111,18 @@ def travel_ratio(idiom, weights) -> float:
 
 
 MICRO = "DataParallel(2, microbatches=2)"
+# The gpipe schedule runs the very tasks of 1f1b (each micro-batch's
+# forward, backward and loss, the same accumulation) in another order, so
+# an idiom that trains under 1f1b and zb1 trains under it: the suite leaves
+# its column to test_pipeline_contract (every schedule on every reference
+# model) and tools/conformance_table.py, and saves a sixth of its time.
+SUITE_SKIPS = ("GPipe(2, M=2, gpipe)",)
 # Every (idiom, strategy) pair but the per-sample idioms' micro-batch one
 # (Idiom.per_sample). One idiom's strategies share a test process
 # (pytest-xdist's loadgroup): its one-device reference is trained once.
 PAIRS = [pytest.param(name, label, marks=pytest.mark.xdist_group(name), id=f"{name}-{label}")
          for name, idiom in BY_NAME.items() for label in STRATEGIES
-         if not (label == MICRO and idiom.per_sample)]
+         if label not in SUITE_SKIPS and not (label == MICRO and idiom.per_sample)]
 
 
 @pytest.mark.parametrize("name, label", PAIRS)
@@ -153,7 +159,7 @@ def test_multi_worker_conformance(tmp_path):
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1", "--",
          sys.executable, str(pathlib.Path(__file__).with_name("multi_worker_conformance.py")),
          str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
     for index, idiom in enumerate(idioms.MULTI_WORKER):

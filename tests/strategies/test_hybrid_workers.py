@@ -76,7 +76,7 @@ def test_two_workers_each_a_two_stage_pipeline_train_like_one_process(tmp_path):
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1",
          "--virtual-devices", "2", "--timeout-seconds", "120", "--",
          sys.executable, str(tmp_path / "job.py"), str(tmp_path)],
-        cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=400,
+        cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-4000:]
     # Each worker's stages on its own two devices.

@@ -62,7 +62,7 @@ def test_two_workers_train_exactly_like_one_process(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1", "--",
          sys.executable, str(tmp_path / "job.py"), str(tmp_path)],
-        cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-4000:]
     # Only the chief writes files; the other worker's checkpoint went to a
@@ -162,7 +162,7 @@ def test_a_hung_peer_is_an_error_within_the_timeout(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1",
          "--timeout-seconds", "5", "--", sys.executable, str(tmp_path / "hang.py")],
-        cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode != 0
     assert "DeadlineExceeded" in completed.stdout

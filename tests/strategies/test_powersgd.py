@@ -159,7 +159,7 @@ def test_two_workers_compress_as_two_local_replicas_do(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "tfpar.launch", "-n", "2", "--threads-per-worker", "1",
          "--compression", "powersgd", "--", sys.executable, str(tmp_path / "job.py"), str(tmp_path)],
-        cwd=multi_worker_job.ROOT, env=multi_worker_job.worker_env(), capture_output=True, text=True, timeout=300,
+        cwd=multi_worker_job.ROOT, env=multi_worker_job.worker_env(), capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-4000:]
     weights = [list(np.load(tmp_path / f"weights_{r}.npz").values()) for r in (0, 1)]
