@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 
 import keras
 import tensorflow as tf
@@ -11,6 +12,7 @@ import tensorflow as tf
 from tfpar import checks, inputs, internals, replica
 from tfpar.cluster import checkpoint, chief
 from tfpar.strategies import contract, registry
+from tfpar.strategies.powersgd import PowerSGD
 
 _LOG = logging.getLogger("tfpar")
 _FIT_ARGS = frozenset(inspect.signature(keras.Model.fit).parameters) - {"self", "x", "y"}
@@ -86,6 +88,15 @@ def fit_distributed(
     if isinstance(strategy, str) and strategy == "auto":
         strategy = _planned(model, x, fit_kwargs)
     strategy = strategy_for(model, strategy)
+    if checkpoint_dir and isinstance(getattr(strategy, "compression", None), PowerSGD):
+        # Its error feedback and warm start live in the all-reduce, not in
+        # the model or optimizer the checkpoint holds.
+        warnings.warn(
+            "checkpoint_dir with compression='powersgd': the checkpoint holds the weights and "
+            "the optimizer state, not PowerSGD's error feedback, which restarts from zero where "
+            "a run resumes (and where the interrupted epoch's remainder ends). A resumed run "
+            "then differs slightly from an uninterrupted one; without compression it is exact.",
+            stacklevel=2)
     inputs.check_not_empty(x)
     inputs.check_shapes(model, x)
     runner = contract.for_strategy(strategy)

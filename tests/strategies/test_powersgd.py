@@ -116,6 +116,15 @@ def test_trains_with_replicas_identical_and_close_to_uncompressed():
     np.testing.assert_allclose(history["loss"], plain_history["loss"], rtol=0.05)
 
 
+def test_checkpointing_warns_that_its_error_feedback_is_not_kept(tmp_path):
+    x, y = make_data(64)
+    model = compile_model(build_mlp())
+    with pytest.warns(UserWarning, match=r"not PowerSGD's error feedback, which restarts from zero"):
+        tfpar.fit_distributed(model, x, y, strategy=DataParallel(2, compression="powersgd"),
+                              batch_size=32, epochs=1, verbose=0,
+                              checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1)
+
+
 def test_plain_keras_in_the_scope_warns_that_it_runs_uncompressed():
     strategy = DataParallel(2, compression="powersgd")
     with strategy.scope():

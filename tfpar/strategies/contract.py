@@ -126,7 +126,7 @@ class _Distribute:
         speed_shares.prepare(self.strategy, model, inputs.global_batch(x, fit_kwargs))
         compression.prepare(self.strategy, model)  # PowerSGD's state, outside the scope
         with self.strategy.scope(), equal_shares(model, self.strategy), \
-                worker_steps_installed(model, self.strategy):
+                worker_steps_installed(model, self.strategy, (x, y, fit_kwargs)) as (x, y, fit_kwargs):
             return model.fit(x, y, **fit_kwargs)
 
     def predict(self, model: keras.Model, x, predict_kwargs: dict):
