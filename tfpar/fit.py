@@ -95,7 +95,8 @@ def fit_distributed(
             "checkpoint_dir with compression='powersgd': the checkpoint holds the weights and "
             "the optimizer state, not PowerSGD's error feedback, which restarts from zero where "
             "a run resumes (and where the interrupted epoch's remainder ends). A resumed run "
-            "then differs slightly from an uninterrupted one; without compression it is exact.",
+            "then differs slightly from an uninterrupted one; without compression (and with "
+            "shuffle=False) it is exact.",
             stacklevel=2)
     inputs.check_not_empty(x)
     inputs.check_shapes(model, x)
@@ -141,6 +142,13 @@ def _check_checkpointing(directory, every, x, fit_kwargs: dict) -> None:
             "inputs (numpy arrays or tensors) without steps_per_epoch. Received: "
             f"x of type {type(x).__name__}, steps_per_epoch={fit_kwargs.get('steps_per_epoch')!r}."
         )
+    if fit_kwargs.get("shuffle", True):
+        warnings.warn(
+            "checkpoint_dir resumes exactly only with shuffle=False: a resumed run finishes the "
+            "interrupted epoch on the rows stored after the last checkpointed step, not on the "
+            "rows that epoch's shuffle had left, so it differs from an uninterrupted run. Pass "
+            "shuffle=False (shuffle the arrays once beforehand) for an exact resume.",
+            stacklevel=3)
 
 
 def build_from_data(model: keras.Model, x) -> None:

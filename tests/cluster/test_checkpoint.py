@@ -129,3 +129,18 @@ def test_checkpoint_needs_arrays(tmp_path):
     with pytest.raises(ValueError, match="needs array inputs.*DatasetV2|needs array inputs"):
         tfpar.fit_distributed(compile_model(build_mlp()), dataset, checkpoint_dir=str(tmp_path),
                               checkpoint_every=2)
+
+
+def test_checkpointing_with_shuffle_warns_that_a_resume_is_not_exact(tmp_path):
+    x, y = make_data(32)
+    model = compile_model(build_mlp())
+    with pytest.warns(UserWarning, match=r"resumes exactly only with shuffle=False"):
+        tfpar.fit_distributed(model, x, y, batch_size=16, epochs=1, verbose=0,  # shuffle: Keras' default
+                              checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tfpar.fit_distributed(compile_model(build_mlp()), x, y, batch_size=16, epochs=1, verbose=0,
+                              shuffle=False, checkpoint_dir=str(tmp_path / "ckpt2"), checkpoint_every=1)
+    assert not [w for w in caught if "resumes exactly" in str(w.message)]  # shuffle=False: exact

@@ -54,6 +54,12 @@ history = tfpar.fit_distributed(model, *job.data(), strategy=strategy, **{FIT!r}
 np.savez(os.path.join(sys.argv[1], f"weights_spe_{{rank}}.npz"), *model.get_weights())
 with open(os.path.join(sys.argv[1], f"history_spe_{{rank}}.json"), "w") as f:
     json.dump(history.history, f)
+# A second strategy in a launched worker: the error names the launcher's flags.
+try:
+    tfpar.strategies.MultiWorker(compression="powersgd")
+except ValueError as error:
+    with open(os.path.join(sys.argv[1], f"second_{{rank}}.txt"), "w") as f:
+        f.write(str(error))
 """
 
 
@@ -90,6 +96,8 @@ def test_two_workers_train_exactly_like_one_process(tmp_path):
     history = json.loads((tmp_path / "history_spe_0.json").read_text())
     for key, values in expected_history.items():
         np.testing.assert_allclose(history[key], values, rtol=1e-5, err_msg=f"steps_per_execution {key}")
+    second = (tmp_path / "second_1.txt").read_text()
+    assert "already exists" in second and "--compression" in second and "compression='powersgd'" in second
 
 
 @pytest.mark.parametrize("kwargs, message", [

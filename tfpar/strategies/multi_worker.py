@@ -74,6 +74,18 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
         timeout_seconds: float | None = None,
         virtual_devices: int | None = None,
     ):
+        if _CURRENT:  # first: the port in use is this process's own, not another's
+            message = ("A MultiWorker strategy already exists in this process and TensorFlow "
+                       "configures collectives once per process. Reuse it: "
+                       "tfpar.strategies.MultiWorker.current() or strategy='multi_worker'.")
+            if startup.worker_options() is not None:
+                message += (" Under `python -m tfpar.launch`, `import tfpar` made it from the "
+                            "launcher's flags: pass the arguments there (--compression, "
+                            "--microbatches, --timeout-seconds, --virtual-devices). Received: "
+                            f"MultiWorker(all_reduce={all_reduce!r}, compression={compression!r}, "
+                            f"bytes_per_pack={bytes_per_pack!r}, microbatches={microbatches!r}, "
+                            f"timeout_seconds={timeout_seconds!r}).")
+            raise ValueError(message)
         compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
         checks.whole_number("microbatches", microbatches, minimum=1)
         if virtual_devices is not None:
@@ -95,12 +107,6 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
             bytes_per_pack=bytes_per_pack, timeout_seconds=timeout_seconds,
             implementation=ALL_REDUCE[all_reduce],
         )
-        if _CURRENT:
-            raise ValueError(
-                "A MultiWorker strategy already exists in this process and "
-                "TensorFlow configures collectives once per process. Reuse it: "
-                "tfpar.strategies.MultiWorker.current() or strategy='multi_worker'."
-            )
         try:
             super().__init__(communication_options=options)
         except RuntimeError as error:
