@@ -178,3 +178,14 @@ def test_no_module_but_internals_reaches_into_keras_or_tensorflow():
 def test_the_reach_check_sees_a_private_access(tmp_path):
     (tmp_path / "m.py").write_text("import keras\n\ndef f(model):\n    return model._compile_config, getattr(model, '_layers')\n")
     assert private_reaches(tmp_path) == ["m.py:4 _compile_config", "m.py:4 _layers"]
+
+
+def test_array_adapter_accessors():
+    x, y = np.arange(10, dtype="float32")[:, None], np.array([0, 1] * 5)
+    adapter = internals.array_batches(x, y, batch_size=4, class_weight={0: 1.0, 1: 3.0})
+    holds(adapter.num_batches == 3 and internals.array_count(adapter) == 10, "ArrayDataAdapter counts")
+    packed = internals.array_inputs(adapter)
+    holds(len(packed) == 3 and [len(t) for t in packed] == [10] * 3, "ArrayDataAdapter's packed inputs")
+    holds(np.asarray(packed[2]).tolist() == [1.0, 3.0] * 5, "class weights as sample weights")
+    first = next(iter(adapter.get_tf_dataset()))
+    holds(first[0].numpy()[:, 0].tolist() == [0, 1, 2, 3], "ArrayDataAdapter's tf.data batches")

@@ -20,6 +20,8 @@ import keras
 import tensorflow as tf
 from keras.src.backend.tensorflow.trainer import reduce_per_replica as _reduce_per_replica
 from keras.src.losses.loss import unscale_loss_for_distribution
+from keras.src.trainers.data_adapters import array_data_adapter as _array_data_adapter
+from keras.src.trainers.data_adapters import array_slicing as _array_slicing
 from tensorflow.python.distribute import values as tf_values
 
 CHECKED_ON = {"tensorflow": "2.21.0", "keras": "3.15.1"}
@@ -53,6 +55,27 @@ __all__ = [
 
 
 # --- compiled models ----------------------------------------------------
+
+
+def array_batches(x, y=None, *, sample_weight=None, batch_size=None, shuffle=False, class_weight=None):
+    """Keras' own `ArrayDataAdapter`: how fit batches, shuffles and weights
+    array inputs. Its `get_tf_dataset()`, `num_batches`, and the packed
+    `(x, y, sample_weight)` it slices: `array_inputs(adapter)`."""
+    return _array_data_adapter.ArrayDataAdapter(x, y, sample_weight=sample_weight, batch_size=batch_size,
+                                                shuffle=shuffle, class_weight=class_weight)
+
+
+def array_inputs(adapter) -> tuple:
+    """An `array_batches` adapter's packed inputs, as the values it gathers
+    its batches from (dtypes converted for TensorFlow; class weights made
+    sample weights)."""
+    return keras.tree.lists_to_tuples(
+        _array_slicing.convert_to_sliceable(adapter._inputs, target_backend="tensorflow"))
+
+
+def array_count(adapter) -> int:
+    """How many samples an `array_batches` adapter holds."""
+    return adapter._num_samples
 
 
 def compile_config(model: keras.Model) -> dict:

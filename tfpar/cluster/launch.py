@@ -57,34 +57,49 @@ def launch(command: Sequence[str], workers: int, *, threads_per_worker: int | No
     out = out or sys.stdout
     lock = threading.Lock()
     processes, readers = [], []
-    for rank, config in enumerate(tf_config.local_configs(peers.free_ports(workers))):
-        # `import tfpar` in the worker makes its MultiWorker strategy from
-        # this, before the program's first TensorFlow op (startup.py).
-        options = dict(strategy_options or {})
-        if timeout_seconds:
-            options["timeout_seconds"] = timeout_seconds
-        worker_env = dict(os.environ if env is None else env, TF_CONFIG=config,
-                          **{startup.ENV: startup.encode(options)})
-        if threads_per_worker:
-            worker_env["TF_NUM_INTRAOP_THREADS"] = str(threads_per_worker)
-            worker_env["TF_NUM_INTEROP_THREADS"] = str(max(2, threads_per_worker))
-        process = subprocess.Popen(
-            list(command), env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, bufsize=1,
-            start_new_session=True,  # Ctrl-C reaches workers only through us
-        )
-        processes.append(process)
-        reader = threading.Thread(target=_relay, args=(process, rank, out, lock), daemon=True)
-        reader.start()
-        readers.append(reader)
+    # From here Ctrl-C only sets a flag, also while the workers start: a
+    # KeyboardInterrupt raised inside Popen.poll() can leave its waitpid
+    # lock held, and the wait that follows then hangs for ever (seen once
+    # in the suite under load).
+    interrupted = threading.Event()
+    installed = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if installed else None
     try:
-        code = _wait(processes)
-    except KeyboardInterrupt:
+        for rank, config in enumerate(tf_config.local_configs(peers.free_ports(workers))):
+            processes.append(_start(command, rank, config, threads_per_worker, timeout_seconds,
+                                    strategy_options, env))
+            reader = threading.Thread(target=_relay, args=(processes[-1], rank, out, lock), daemon=True)
+            reader.start()
+            readers.append(reader)
+        code = _wait(processes, interrupted)
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if code is None:
         _stop(processes, signal.SIGINT)
         code = 130
     for reader in readers:
         reader.join(timeout=GRACE_SECONDS)
     return code
+
+
+def _start(command, rank: int, config: str, threads_per_worker, timeout_seconds, strategy_options,
+           env) -> subprocess.Popen:
+    # `import tfpar` in the worker makes its MultiWorker strategy from
+    # this, before the program's first TensorFlow op (startup.py).
+    options = dict(strategy_options or {})
+    if timeout_seconds:
+        options["timeout_seconds"] = timeout_seconds
+    worker_env = dict(os.environ if env is None else env, TF_CONFIG=config,
+                      **{startup.ENV: startup.encode(options)})
+    if threads_per_worker:
+        worker_env["TF_NUM_INTRAOP_THREADS"] = str(threads_per_worker)
+        worker_env["TF_NUM_INTEROP_THREADS"] = str(max(2, threads_per_worker))
+    return subprocess.Popen(
+        list(command), env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, text=True, bufsize=1,
+        start_new_session=True,  # Ctrl-C reaches workers only through us
+    )
 
 
 def _relay(process, rank: int, out, lock) -> None:
@@ -94,9 +109,10 @@ def _relay(process, rank: int, out, lock) -> None:
             out.flush()
 
 
-def _wait(processes) -> int:
-    """Waits for all; on the first failure stops the rest and returns its code."""
-    while True:
+def _wait(processes, interrupted: threading.Event) -> int | None:
+    """Waits for all; on the first failure stops the rest and returns its
+    code; None once `interrupted` is set."""
+    while not interrupted.is_set():
         codes = [p.poll() for p in processes]
         failed = [c for c in codes if c not in (None, 0)]
         if failed:
@@ -104,7 +120,8 @@ def _wait(processes) -> int:
             return failed[0]
         if all(c == 0 for c in codes):
             return 0
-        time.sleep(0.1)
+        interrupted.wait(0.1)
+    return None
 
 
 def _stop(processes, sig) -> None:

@@ -28,9 +28,7 @@ import functools
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.trainers.data_adapters import array_data_adapter, array_slicing
-
-from tfpar import inputs
+from tfpar import inputs, internals
 
 _DEFAULT_BATCH = 32  # Keras' own default for array inputs
 
@@ -46,25 +44,23 @@ def fit_arguments(x, y, fit_kwargs: dict):
     x, y, kwargs = inputs.split_validation(x, y, kwargs)
     batch = kwargs.pop("batch_size", None) or _DEFAULT_BATCH
     shuffle = kwargs.pop("shuffle", True)
-    data = array_data_adapter.ArrayDataAdapter(
-        x, y, sample_weight=kwargs.pop("sample_weight", None), batch_size=batch,
-        class_weight=kwargs.pop("class_weight", None))
+    data = internals.array_batches(x, y, sample_weight=kwargs.pop("sample_weight", None), batch_size=batch,
+                                   class_weight=kwargs.pop("class_weight", None))
     epochs = kwargs.get("epochs", 1) - kwargs.get("initial_epoch", 0)
     if epochs < 1 or not data.num_batches:
         return None
-    rows = np.arange(data._num_samples, dtype="int64")
-    orders = [array_data_adapter.ArrayDataAdapter(rows, batch_size=batch, shuffle=shuffle).get_tf_dataset()
+    rows = np.arange(internals.array_count(data), dtype="int64")
+    orders = [internals.array_batches(rows, batch_size=batch, shuffle=shuffle).get_tf_dataset()
               for _ in range(epochs)]
     order = functools.reduce(lambda a, b: a.concatenate(b), orders).map(lambda picked: picked)
     kwargs["steps_per_epoch"], kwargs["shuffle"] = data.num_batches, False  # the order is in the data
     if kwargs.get("validation_data") is not None:
         kwargs.setdefault("validation_batch_size", batch)  # fit's default: batch_size
-    return _gathered(order, data._inputs, shuffle), None, kwargs
+    return _gathered(order, internals.array_inputs(data), shuffle), None, kwargs
 
 
-def _gathered(order: tf.data.Dataset, arrays, shuffle) -> tf.data.Dataset:
+def _gathered(order: tf.data.Dataset, sliceable, shuffle) -> tf.data.Dataset:
     """The batches of rows `order` names, as ArrayDataAdapter slices them."""
-    sliceable = keras.tree.lists_to_tuples(array_slicing.convert_to_sliceable(arrays, target_backend="tensorflow"))
     dataset = tf.data.Dataset.zip((order, tf.data.Dataset.from_tensors(sliceable).repeat()))
     dataset = dataset.map(lambda picked, data: keras.tree.map_structure(
         lambda a: tf.gather(a, picked, axis=0), data), num_parallel_calls=tf.data.AUTOTUNE)
