@@ -28,9 +28,8 @@ import functools
 import keras
 import numpy as np
 import tensorflow as tf
-from tfpar import inputs, internals
 
-_DEFAULT_BATCH = 32  # Keras' own default for array inputs
+from tfpar import inputs, internals
 
 
 def fit_arguments(x, y, fit_kwargs: dict):
@@ -42,7 +41,7 @@ def fit_arguments(x, y, fit_kwargs: dict):
         return None
     kwargs = dict(fit_kwargs)
     x, y, kwargs = inputs.split_validation(x, y, kwargs)
-    batch = kwargs.pop("batch_size", None) or _DEFAULT_BATCH
+    batch = kwargs.pop("batch_size", None) or inputs.KERAS_DEFAULT_BATCH
     shuffle = kwargs.pop("shuffle", True)
     data = internals.array_batches(x, y, sample_weight=kwargs.pop("sample_weight", None), batch_size=batch,
                                    class_weight=kwargs.pop("class_weight", None))
@@ -52,6 +51,7 @@ def fit_arguments(x, y, fit_kwargs: dict):
     rows = np.arange(internals.array_count(data), dtype="int64")
     orders = [internals.array_batches(rows, batch_size=batch, shuffle=shuffle).get_tf_dataset()
               for _ in range(epochs)]
+    # An index adapter yields 1-tuples (its only input); the map unwraps them.
     order = functools.reduce(lambda a, b: a.concatenate(b), orders).map(lambda picked: picked)
     kwargs["steps_per_epoch"], kwargs["shuffle"] = data.num_batches, False  # the order is in the data
     if kwargs.get("validation_data") is not None:
