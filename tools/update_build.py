@@ -27,7 +27,7 @@ LIBRARIES = [
     ("planner", ["tfpar/planner/"], ["core", "pipeline", "strategies"]),
     ("models", ["tfpar/models/"], ["pipeline"]),
     ("tfpar", ["tfpar/"], ["core", "pipeline", "cluster", "strategies", "planner", "models"]),
-    ("bench", ["tfpar/bench/"], ["tfpar", "core", "pipeline", "cluster"]),
+    ("bench", ["tfpar/bench/"], ["tfpar", "core", "pipeline", "cluster", "planner"]),
 ]
 # Top-level import name -> pip requirement.
 REQUIREMENTS = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "absl": "absl-py",

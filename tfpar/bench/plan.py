@@ -31,7 +31,11 @@ MODELS = ("mlp", "cnn", "transformer")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {MODELS}")
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=12, help="per candidate; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=20, help="per candidate, after the warm-up")
+    parser.add_argument("--warmup", type=int, default=3, help="steps per candidate not timed (tracing, allocation)")
+    parser.add_argument("--json", default="", help="also write every candidate's terms and measurements here")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="tfpar.plan(calibrate=False): the layers' timings as measured")
     parser.add_argument("--max_candidates", type=int, default=0,
                         help="measure only the first N feasible candidates, best predicted first (0: all)")
 
@@ -44,12 +48,18 @@ def main(args: argparse.Namespace) -> dict:
     for name in str(args.models).split(","):
         results[name] = _bench_model(name, args)
     print("summary: " + "; ".join(
-        f"{name}: time error {r['time_error']:.1%}, memory error {r['memory_error']:.1%}, chosen "
+        f"{name}: time error {r['time_error']:.1%} (held out {r['held_out_time_error']:.1%}), memory "
+        f"error {r['memory_error']:.1%} (held out {r['held_out_memory_error']:.1%}), chosen "
         f"rank {r['chosen_rank']} of {r['measured']} ({r['chosen_vs_best']:.2f}x the best)"
         for name, r in results.items()))
     time_error = statistics.mean(r["time_error"] for r in results.values())
     memory_error = statistics.mean(r["memory_error"] for r in results.values())
     worst = max(r["chosen_vs_best"] for r in results.values())
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     print(f"plan time_error={time_error:.3f} memory_error={memory_error:.3f} chosen_vs_best={worst:.3f}")
     return {"models": results, "time_error": time_error, "memory_error": memory_error,
             "chosen_vs_best": worst}
@@ -78,41 +88,56 @@ def _model_and_data(name: str, batch_size: int, steps: int):
 
 
 def _bench_model(name: str, args) -> dict:
-    model, x, y = _model_and_data(name, args.batch_size, args.steps)
-    plan = tfpar.plan(model, args.batch_size)
+    model, x, y = _model_and_data(name, args.batch_size, args.steps + args.warmup)
+    plan = tfpar.plan(model, args.batch_size, calibrate=not args.uncalibrated)
     print(f"\n{name}: {model.count_params():,} parameters")
     print(plan)
+    print(f"calibrated coefficients: time {[round(c, 3) for c in plan.coefficients.time]}, "
+          f"memory {[round(c, 3) for c in plan.coefficients.memory]}")
     feasible = [c for c in plan.candidates if c.feasible]
     if args.max_candidates:
         feasible = feasible[:args.max_candidates]
-    rows, measured = [], {}
+    rows, measured, records = [], {}, []
     for candidate in feasible:
         seconds, peak = _measure(model, x, y, candidate.strategy, args)
         measured[candidate.name] = seconds
+        records.append({"name": candidate.name, "anchor": candidate.measured_step_seconds is not None,
+                        "terms": list(candidate.prediction.terms),
+                        "memory": [list(device) for device in candidate.prediction.memory],
+                        "predicted_seconds": candidate.predicted_step_seconds, "seconds": seconds,
+                        "predicted_peak": sum(candidate.predicted_peak_bytes), "peak": peak})
         predicted_peak = sum(candidate.predicted_peak_bytes)
-        rows.append((candidate.name, candidate.predicted_step_seconds * 1e3, seconds * 1e3,
+        anchor = "yes" if candidate.measured_step_seconds is not None else ""
+        rows.append((candidate.name, anchor, candidate.predicted_step_seconds * 1e3, seconds * 1e3,
                      _error(candidate.predicted_step_seconds, seconds), predicted_peak / 2 ** 20,
                      peak / 2 ** 20, _error(predicted_peak, peak)))
-    print(timing.table(rows, ("layout", "predicted ms", "measured ms", "time error",
+    print(timing.table(rows, ("layout", "anchor", "predicted ms", "measured ms", "time error",
                               "predicted MiB", "measured MiB", "memory error")))
+    # The anchors' own errors are those of a fit; the others' are predictions.
+    held_out = [r for r in rows if not r[1]] or rows
     order = sorted(measured, key=measured.get)
     chosen = plan.chosen.name
     rank = order.index(chosen) + 1 if chosen in measured else None
     result = {
-        "time_error": statistics.mean(abs(r[3]) for r in rows),
-        "memory_error": statistics.mean(abs(r[6]) for r in rows),
+        "time_error": statistics.mean(abs(r[4]) for r in rows),
+        "memory_error": statistics.mean(abs(r[7]) for r in rows),
+        "held_out_time_error": statistics.mean(abs(r[4]) for r in held_out),
+        "held_out_memory_error": statistics.mean(abs(r[7]) for r in held_out),
+        "anchors": sum(1 for r in rows if r[1]),
         "chosen": chosen, "chosen_rank": rank, "measured": len(order),
         "chosen_vs_best": measured.get(chosen, float("nan")) / measured[order[0]],
-        "best": order[0],
+        "best": order[0], "candidates": records,
     }
     print(f"{name}: chosen {chosen}, measured rank {rank} of {len(order)}, "
           f"{result['chosen_vs_best']:.2f}x the best measured ({order[0]}); mean |time error| "
-          f"{result['time_error']:.1%}, mean |memory error| {result['memory_error']:.1%}")
+          f"{result['time_error']:.1%} ({result['held_out_time_error']:.1%} without the "
+          f"{result['anchors']} anchors), mean |memory error| {result['memory_error']:.1%} "
+          f"({result['held_out_memory_error']:.1%})")
     return result
 
 
 def _measure(model, x, y, strategy, args) -> tuple[float, float]:
-    """Median step seconds after the first, and the largest bytes the
+    """Median step seconds after the warm-up, and the largest bytes the
     allocator held during a step over what it held before training: the
     twin's weights, gradients, optimizer state and activations."""
     import tensorflow as tf
@@ -128,7 +153,7 @@ def _measure(model, x, y, strategy, args) -> tuple[float, float]:
                           strategy=strategy, callbacks=[timer])
     # StepTimer's peaks are over each step's start; its bases add back.
     peaks = [peak + base - before for peak, base in zip(timer.peak_bytes, timer.base_bytes)]
-    return statistics.median(timer.seconds[1:]), max(peaks[1:])
+    return statistics.median(timer.seconds[args.warmup:]), max(peaks[args.warmup:])
 
 
 def _error(predicted: float, measured: float) -> float:

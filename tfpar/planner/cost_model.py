@@ -6,9 +6,16 @@ activations it keeps; `links.Links`: all-reduce and copy seconds as
 latency + bytes / bandwidth) and the machine (`Machine`: each device's
 speed, which devices share one physical device's cores, memory limits).
 
-Time. A layout's step is its compute, simulated task by task, plus the
-exchanges it cannot hide, plus the step's fixed cost measured on one device
-(`ModelProfile.step_overhead`: the optimizer update, Keras' dispatch).
+Time. A layout's step is a sum of terms (`TIME_TERMS`), each weighed by a
+coefficient (`Coefficients`; `calibrate` fits them to a few layouts run for
+real, since one graph overlaps and amortises what the lone measurements
+cannot see):
+- rows: the per-row compute, simulated task by task on the critical path;
+- fixed: the fixed cost of every task (every micro-batch through every
+  stage, every replica's pass), added up;
+- update: the optimizer updates (every data-parallel replica updates
+  every weight, a stage its own);
+- exchange: the all-reduces it cannot hide; step: a per-step constant.
 
 - Data parallel: each replica's forward and backward on its share, then
   one all-reduce of every gradient.
@@ -22,7 +29,8 @@ exchanges it cannot hide, plus the step's fixed cost measured on one device
 
 Memory, per device: weights, gradients (two copies where a step holds two:
 the all-reduced result next to a replica's own, a pipeline's running sum
-next to a micro-batch's) and optimizer slots of what the device holds, plus the activations kept for the backward: a replica's
+next to a micro-batch's) and optimizer slots of what the device holds
+(the state term), plus the activations kept for the backward: a replica's
 share for data parallel; for a stage, the activations of the micro-batches
 in flight at once (`schedule.max_in_flight`), or with rematerialisation
 only their stage inputs plus one micro-batch's activations.
@@ -34,7 +42,7 @@ Example:
     >>> machine = Machine(["/cpu:0", "/cpu:1"])
     >>> links = Links(all_reduce={2: (1e-4, 1e9)}, copy=(1e-5, 1e10))
     >>> round(data_parallel(model, machine, links, 64, 2).seconds, 6)
-    0.0019
+    0.0025
 """
 
 from __future__ import annotations
@@ -148,11 +156,54 @@ class Machine:
         return self.memory_limits[index] if self.memory_limits else None
 
 
+# The time terms of a prediction, in this order, and the memory terms.
+TIME_TERMS = ("rows", "fixed", "update", "exchange", "step")
+MEMORY_TERMS = ("state", "activations", "batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Coefficients:
+    """How the terms of a prediction add up to seconds and bytes.
+
+    `time[i]` multiplies the time term `TIME_TERMS[i]`; `memory` the
+    memory terms. The defaults take the measurements as they are: each
+    term counted once, no per-step constant. `calibrate.fit` replaces them
+    with the ones that best match a few layouts run for real.
+    """
+    time: tuple = (1.0, 1.0, 1.0, 1.0, 0.0)
+    memory: tuple = (1.0, 1.0, 0.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """Predicted seconds per step and peak bytes on each used device."""
+    """Predicted seconds per step and peak bytes on each used device.
+
+    terms: the time terms (`TIME_TERMS`), in seconds: the per-row compute
+      on the critical path (the schedule's span or the shared cores'
+      bound), the fixed per-task compute of every task added up, the
+      optimizer updates, the all-reduces, and 1 second for a per-step
+      constant.
+    memory: per device, (state bytes: weights, gradients and optimizer
+      slots; activation bytes: what the backward keeps, for the
+      micro-batches the schedule has in flight at once; batch bytes: its
+      widest layer's output for its replica's whole batch, a measure of
+      the step's temporaries that no schedule frees, counted 0 until
+      calibrated).
+    """
     seconds: float
     peak_bytes: list[int]
+    terms: tuple = ()
+    memory: tuple = ()
+
+    def recombined(self, coefficients: Coefficients) -> "Prediction":
+        """The same terms, added up with other coefficients."""
+        seconds = sum(c * t for c, t in zip(coefficients.time, self.terms))
+        peaks = [int(sum(c * t for c, t in zip(coefficients.memory, device))) for device in self.memory]
+        return Prediction(seconds, peaks, self.terms, self.memory)
+
+
+def _combined(terms, memory, coefficients: Coefficients | None) -> Prediction:
+    return Prediction(0.0, [], tuple(terms), tuple(memory)).recombined(coefficients or Coefficients())
 
 
 def shared_bound(machine: Machine, devices: Sequence[int], work: Sequence[float]) -> float:
@@ -164,26 +215,38 @@ def shared_bound(machine: Machine, devices: Sequence[int], work: Sequence[float]
     return max((total / machine.group_capacity(group) for group, total in by_group.items()), default=0.0)
 
 
+def _busiest(machine: Machine, devices: Sequence[int], work: Sequence[float]) -> float:
+    """The slowest device's work, or the shared cores' bound if higher."""
+    return max(max(work, default=0.0), shared_bound(machine, devices, work))
+
+
 def data_parallel(model: ModelProfile, machine: Machine, links: Links, batch_size: int, replicas: int,
-                  shares: Sequence[int] | None = None) -> Prediction:
+                  shares: Sequence[int] | None = None, coefficients: Coefficients | None = None) -> Prediction:
     """`replicas` replicas on the machine's first devices, each on its share
     of the batch (equal unless `shares` gives rows per replica)."""
     shares = list(shares) if shares is not None else [batch_size / replicas] * replicas
-    work = [sum(l.forward_seconds(rows) + l.backward_seconds(rows) for l in model.layers) / machine.speed(r)
-            for r, rows in enumerate(shares)]
-    compute = max(max(work), shared_bound(machine, range(replicas), work))
+    used = range(replicas)
+    slope = sum(l.forward[1] + l.backward[1] for l in model.layers)
+    fixed = sum(l.forward[0] + l.backward[0] for l in model.layers)
+    rows = _busiest(machine, used, [slope * n / machine.speed(r) for r, n in enumerate(shares)])
+    # Each replica's pass pays the layers' fixed costs; measured in one
+    # graph, they add up rather than overlap (see `pipeline`).
+    per_task = sum(fixed / machine.speed(r) for r in used)
+    # Every replica updates every weight.
+    update = _busiest(machine, used, [model.step_overhead / machine.speed(r) for r in used])
     gradients = sum(l.trainable_bytes for l in model.layers)
-    seconds = compute + links.all_reduce_seconds(replicas, gradients) + model.step_overhead
+    exchange = links.all_reduce_seconds(replicas, gradients)
     # With replicas, the all-reduce's result is a second copy of the gradients.
-    static = model.stage_bytes(model.layers, gradient_copies=2 if replicas > 1 else 1)
+    state = model.stage_bytes(model.layers, gradient_copies=2 if replicas > 1 else 1)
     kept = sum(l.activation_bytes for l in model.layers) + model.input_bytes
-    peaks = [int(static + kept * rows) for rows in shares]
-    return Prediction(seconds, peaks)
+    widest = max((l.output_bytes for l in model.layers), default=0)
+    return _combined((rows, per_task, update, exchange, 1.0),
+                     [(state, kept * n, widest * n) for n in shares], coefficients)
 
 
 def pipeline(model: ModelProfile, machine: Machine, links: Links, batch_size: int, sizes: Sequence[int], *,
              microbatches: int = 1, schedule: str = "gpipe", rematerialize: bool = False,
-             replicas: int = 1) -> Prediction:
+             replicas: int = 1, coefficients: Coefficients | None = None) -> Prediction:
     """A pipeline of `len(sizes)` stages (`sizes[s]` consecutive layers each)
     on the first R x K devices, replica r's stage s on device r x K + s:
     ModelSplit with microbatches=1, GPipe otherwise."""
@@ -193,49 +256,69 @@ def pipeline(model: ModelProfile, machine: Machine, links: Links, batch_size: in
     rows = batch_size / (replicas * microbatches)
     sequences = schedule_lib.per_stage(schedule, k, microbatches)
     split = schedule_lib.is_split(sequences)
-    forward, backward = [], []
-    for s, layers in enumerate(stages):
-        speed = machine.speed(s)
-        f = sum(l.forward_seconds(rows) for l in layers) / speed
-        b = sum(l.backward_seconds(rows) for l in layers) / speed
-        if rematerialize:
-            b += f  # the forward again, inside the backward
-        # The activations arriving from the stage before, and the gradient
-        # of its output sent back: a copy each.
-        inbound = links.copy_seconds(stages[s - 1][-1].output_bytes * rows) if s else 0.0
-        forward.append(f + inbound)
-        backward.append(b + inbound)
-
-    def duration(stage: int, task) -> float:
-        kind = task[0]
-        if kind == "F":
-            return forward[stage]
-        if not split:
-            return backward[stage]
-        if stage == 0:  # no input gradient: the whole backward is W
-            return 0.0 if kind == "B" else backward[0]
-        return backward[stage] / 2
-
-    events = schedule_lib.clock(sequences, duration)
-    span = max(start + duration(stage, task) for start, stage, task in events)
-    work = [microbatches * (forward[s] + backward[s]) for s in range(k)]
     used = [r * k + s for r in range(replicas) for s in range(k)]
-    compute = max(span, shared_bound(machine, used, work * replicas))
+
+    def span(part: int) -> float:
+        """The schedule's critical path and the shared cores' bound, with
+        each task lasting its per-row part (part 1, with the boundary
+        copy's bytes) or its fixed part (part 0, with the copy's latency)."""
+        forward, backward = [], []
+        for s, layers in enumerate(stages):
+            speed = machine.speed(s)
+            f = sum(l.forward[part] for l in layers) * (rows if part else 1) / speed
+            b = sum(l.backward[part] for l in layers) * (rows if part else 1) / speed
+            if rematerialize:
+                b += f  # the forward again, inside the backward
+            # The activations arriving from the stage before, and the
+            # gradient of its output sent back: a copy each.
+            inbound = 0.0
+            if s:
+                nbytes = stages[s - 1][-1].output_bytes * rows
+                inbound = nbytes / links.copy[1] if part else (links.copy[0] if nbytes > 0 else 0.0)
+            forward.append(f + inbound)
+            backward.append(b + inbound)
+
+        def duration(stage: int, task) -> float:
+            kind = task[0]
+            if kind == "F":
+                return forward[stage]
+            if not split:
+                return backward[stage]
+            if stage == 0:  # no input gradient: the whole backward is W
+                return 0.0 if kind == "B" else backward[0]
+            return backward[stage] / 2
+
+        work = [microbatches * (forward[s] + backward[s]) for s in range(k)]
+        if not part:
+            # Every task's fixed cost, added up: a micro-batch's ops cost
+            # their dispatch wherever they run, and these overheads were
+            # measured to add up across the stages, not to overlap.
+            return sum(work) * replicas
+        events = schedule_lib.clock(sequences, duration)
+        end = max(start + duration(stage, task) for start, stage, task in events)
+        return max(end, shared_bound(machine, used, work * replicas))
+
+    trainable = sum(l.trainable_bytes for l in model.layers) or 1
+    # Each stage updates its own weights, in every pipeline replica.
+    update = _busiest(machine, used, [
+        model.step_overhead * sum(l.trainable_bytes for l in layers) / trainable / machine.speed(s)
+        for s, layers in enumerate(stages)] * replicas)
     exchange = max((links.all_reduce_seconds(replicas, sum(l.trainable_bytes for l in layers))
                     for layers in stages), default=0.0)
-    seconds = compute + exchange + model.step_overhead
-    peaks = []
+    memory = []
     for s, layers in enumerate(stages):
         in_flight = schedule_lib.max_in_flight(sequences[s])
         inputs = stages[s - 1][-1].output_bytes if s else model.input_bytes
         kept = sum(l.activation_bytes for l in layers)
-        if rematerialize:
-            activations = (in_flight * inputs + kept) * rows
-        else:
-            activations = in_flight * (inputs + kept) * rows
+        def activations(live: int) -> float:
+            if rematerialize:
+                return (live * inputs + kept) * rows
+            return live * (inputs + kept) * rows
+
+        widest = max((l.output_bytes for l in layers), default=0) * batch_size / replicas
         # The running sum over micro-batches, and each micro-batch's gradients.
-        peaks.append(int(model.stage_bytes(layers, gradient_copies=2) + activations))
-    return Prediction(seconds, peaks * replicas)
+        memory.append((model.stage_bytes(layers, gradient_copies=2), activations(in_flight), widest))
+    return _combined((span(1), span(0), update, exchange, 1.0), memory * replicas, coefficients)
 
 
 def balanced_sizes(model: ModelProfile, stages: int, rows: float, speeds: Sequence[float] | None = None) -> list[int]:

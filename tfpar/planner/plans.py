@@ -1,10 +1,11 @@
 """`tfpar.plan`: which layout to train a model with, predicted and explained.
 
 It measures the model's layers (`profile`) and this machine's links
-(`links`, cached), predicts every layout (`search`, `cost_model`) and
-returns a `Plan`: every candidate with its predicted step time, peak
-memory per device and the reason it was chosen or rejected. Printing a
-plan gives the table, best first.
+(`links`, cached), predicts every layout (`search`, `cost_model`), runs a
+few contrasting layouts for real to calibrate the predictions
+(`calibrate`, `trials`) and returns a `Plan`: every candidate with its
+predicted step time, peak memory per device and the reason it was chosen
+or rejected. Printing a plan gives the table, best first.
 
 Example:
     >>> devices = tfpar.configure_devices(cpu=2)
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -28,10 +30,11 @@ import tensorflow as tf
 from tfpar import devices as devices_lib
 from tfpar.strategies import device_speeds as speeds_lib
 from tfpar import checks
+from tfpar.planner import calibrate as calibrate_lib
 from tfpar.planner import links as links_lib
 from tfpar.planner import profile as profile_lib
-from tfpar.planner import search
-from tfpar.planner.cost_model import Machine, gib
+from tfpar.planner import search, trials
+from tfpar.planner.cost_model import Coefficients, Machine, gib
 from tfpar.table import format_table
 
 
@@ -43,13 +46,17 @@ class Plan:
         predicted step time, then the rejected ones).
       chosen: the fastest feasible candidate.
       machine: the devices, speeds and memory limits planned for.
+      coefficients: the cost model's calibrated coefficients (the
+        defaults when not calibrated).
     """
 
-    def __init__(self, candidates: list, chosen, machine: Machine, batch_size: int):
+    def __init__(self, candidates: list, chosen, machine: Machine, batch_size: int,
+                 coefficients: Coefficients | None = None):
         self.candidates = search.ranked(candidates)
         self.chosen = chosen
         self.machine = machine
         self.batch_size = batch_size
+        self.coefficients = coefficients or Coefficients()
 
     def table(self) -> str:
         """The candidates as a text table, best first."""
@@ -58,8 +65,10 @@ class Plan:
             step = f"{c.predicted_step_seconds * 1e3:.2f}" if math.isfinite(c.predicted_step_seconds) else "-"
             peak = gib(max(c.predicted_peak_bytes)) if c.predicted_peak_bytes else "-"
             mark = "*" if c is self.chosen else ""
-            rows.append((mark, c.name, step, peak, "yes" if c.feasible else "no", c.reason))
-        return format_table(rows, ("", "layout", "ms/step", "peak/device", "feasible", "why"), align="left")
+            tried = f"{c.measured_step_seconds * 1e3:.2f}" if c.measured_step_seconds is not None else ""
+            rows.append((mark, c.name, step, peak, tried, "yes" if c.feasible else "no", c.reason))
+        return format_table(rows, ("", "layout", "ms/step", "peak/device", "tried ms", "feasible", "why"),
+                            align="left")
 
     def __str__(self) -> str:
         return (f"tfpar plan: batch_size {self.batch_size} on {len(self.machine.devices)} devices "
@@ -71,7 +80,7 @@ class Plan:
 
 def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | None = None, *,
          memory_limit: int | Sequence[int] | None = None,
-         device_speeds: Sequence[float] | str | None = None) -> Plan:
+         device_speeds: Sequence[float] | str | None = None, calibrate: bool = True) -> Plan:
     """Predicts every layout of `model` on `devices` and chooses the fastest
     that fits.
 
@@ -85,6 +94,11 @@ def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | Non
         None: what TensorFlow reports for a GPU, no limit on CPUs.
       device_speeds: None (all devices alike), one relative speed per
         device, or "measure" (time the model on each device).
+      calibrate: run up to six contrasting layouts for a few steps each
+        (on a twin of the model, random data) and fit the cost model's
+        coefficients to them. Off, the predictions add the layers'
+        timings as measured, which is faster but several times less
+        accurate (see the README's figures).
 
     Returns:
       A `Plan`; `plan.chosen.strategy` is ready for `fit_distributed`.
@@ -110,10 +124,47 @@ def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | Non
     profile = profile_lib.measure(model, batch_size, smallest_rows=smallest, device=names[0])
     links = links_lib.measure(names)
     found = search.candidates(profile, machine, links, batch_size)
-    chosen = search.choose(found)
     for candidate in found:
         candidate.factory = _make_strategy
-    return Plan(found, chosen, machine, batch_size)
+    coefficients = Coefficients()
+    if calibrate:
+        coefficients = _calibrated(model, found, batch_size)
+        search.recombined(found, machine, coefficients)
+    chosen = search.choose(found)
+    return Plan(found, chosen, machine, batch_size, coefficients)
+
+
+def _calibrated(model: keras.Model, found: list, batch_size: int) -> Coefficients:
+    """Runs the anchors for real and fits the coefficients to them."""
+    if getattr(model, "optimizer", None) is None:
+        warnings.warn(f"tfpar.plan: model {model.name!r} is not compiled, so no layout can be run to "
+                      "calibrate the predictions; they are uncalibrated. Compile the model first.",
+                      stacklevel=3)
+        return Coefficients()
+    tried = []
+    for candidate in calibrate_lib.anchors(found):
+        try:
+            # A fresh strategy: the candidate's own is for the user's training.
+            seconds, peak = trials.run(model, _make_strategy(candidate), batch_size,
+                                       devices=candidate.options["devices"])
+        except ValueError as error:  # a layout tfpar refuses for this model
+            candidate.feasible, candidate.prediction = False, None
+            candidate.predicted_step_seconds, candidate.predicted_peak_bytes = float("inf"), []
+            candidate.reason = f"refused when tried: {' '.join(str(error).split())[:300]}"
+            continue
+        candidate.measured_step_seconds, candidate.measured_peak_bytes = seconds, peak
+        tried.append(candidate)
+    if len(tried) < 2:
+        warnings.warn(f"tfpar.plan: calibration needs two layouts that run; {len(tried)} did, so the "
+                      "predictions are uncalibrated.", stacklevel=3)
+        return Coefficients()
+    default = Coefficients()
+    time = calibrate_lib.fit([c.prediction.terms for c in tried], [c.measured_step_seconds for c in tried],
+                             prior=default.time)
+    memory = calibrate_lib.fit(
+        [tuple(sum(device[j] for device in c.prediction.memory) for j in range(len(default.memory)))
+         for c in tried], [c.measured_peak_bytes for c in tried], prior=default.memory)
+    return Coefficients(tuple(time), tuple(memory))
 
 
 def _make_strategy(candidate):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from tfpar.pipeline import schedule as schedule_lib
 from tfpar.planner import cost_model
-from tfpar.planner.cost_model import Links, Machine, ModelProfile, Prediction, gib
+from tfpar.planner.cost_model import Coefficients, Links, Machine, ModelProfile, Prediction, gib
 
 
 @dataclasses.dataclass
@@ -39,6 +39,9 @@ class Candidate:
       predicted_peak_bytes: predicted peak bytes on each device it uses.
       feasible: whether it can run (divides the batch, fits in memory).
       reason: why it was chosen, or why not.
+      prediction: the cost model's terms behind the two predictions.
+      measured_step_seconds, measured_peak_bytes: for the layouts the
+        plan ran for real to calibrate the cost model, what they took.
       factory: makes the strategy from the candidate (`plans` sets it).
     """
     name: str
@@ -48,6 +51,9 @@ class Candidate:
     predicted_peak_bytes: list[int]
     feasible: bool = True
     reason: str = ""
+    prediction: Prediction | None = dataclasses.field(default=None, repr=False, compare=False)
+    measured_step_seconds: float | None = None
+    measured_peak_bytes: int | None = None
     factory: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
     _strategy: object = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -71,12 +77,33 @@ def candidates(model: ModelProfile, machine: Machine, links: Links, batch_size: 
     for replicas in range(1, n // 2 + 1):
         for stages in range(2, min(n // replicas, layers) + 1):
             found.extend(_pipelines(model, machine, links, batch_size, stages, replicas))
-    for candidate in found:
-        if candidate.feasible:
-            over = _over_limit(machine, candidate)
-            if over:
-                candidate.feasible, candidate.reason = False, over
+    check_memory(found, machine)
     return found
+
+
+def recombined(found: list[Candidate], machine: Machine, coefficients: Coefficients) -> None:
+    """Predicts every candidate again from its terms with `coefficients`
+    (calibrated ones), and checks memory again."""
+    for candidate in found:
+        if candidate.prediction is not None:
+            prediction = candidate.prediction.recombined(coefficients)
+            candidate.prediction = prediction
+            candidate.predicted_step_seconds = prediction.seconds
+            candidate.predicted_peak_bytes = prediction.peak_bytes
+    check_memory(found, machine)
+
+
+def check_memory(found: list[Candidate], machine: Machine) -> None:
+    """Marks the candidates that divide the batch but do not fit in memory
+    (and those that fit again after a new prediction) with their reason."""
+    for candidate in found:
+        if candidate.prediction is None:
+            continue  # rejected before predicting: does not divide the batch
+        over = _over_limit(machine, candidate)
+        if over:
+            candidate.feasible, candidate.reason = False, over
+        elif not candidate.feasible:
+            candidate.feasible, candidate.reason = True, ""
 
 
 def choose(found: list[Candidate]) -> Candidate:
@@ -169,7 +196,7 @@ def _pipelines(model, machine, links, batch_size, stages, replicas) -> list[Cand
 
 
 def _candidate(name, kind, options, prediction: Prediction) -> Candidate:
-    return Candidate(name, kind, options, prediction.seconds, prediction.peak_bytes)
+    return Candidate(name, kind, options, prediction.seconds, prediction.peak_bytes, prediction=prediction)
 
 
 def _rejected(name, kind, options, reason) -> Candidate:
