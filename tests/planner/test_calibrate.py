@@ -29,6 +29,12 @@ def test_a_term_no_anchor_has_keeps_its_prior_and_no_coefficient_goes_negative()
     assert 1.0 < fitted[2] < 3.0
 
 
+def test_a_measurement_that_is_not_positive_is_refused():
+    # What TensorFlow's default CPU allocator reports as a peak: 0.
+    with pytest.raises(ValueError, match=r"positive measurement.*measured=\[1.0, 0\]"):
+        calibrate.fit([(1.0,), (2.0,)], [1.0, 0], prior=(1.0,))
+
+
 def four_devices():
     model = profile([layer(weights=MIB, activations=1024)] * 4)
     machine = Machine([f"/cpu:{i}" for i in range(4)])

@@ -74,7 +74,15 @@ def fit(terms: Sequence[Sequence[float]], measured: Sequence[float], prior: Sequ
     errors, sum_i (terms_i . c / measured_i - 1)^2, plus
     strength x sum_j (scale_j x (c_j - prior_j))^2, where scale_j is term
     j's mean share of a measurement (a coefficient counts by how much of
-    the step its term explains)."""
+    the step its term explains).
+
+    Raises:
+      ValueError: a measurement that is not positive (relative errors
+        need one), or terms and measurements of different lengths.
+    """
+    if len(terms) != len(measured) or not all(m > 0 for m in measured):
+        raise ValueError(f"calibrate.fit needs one positive measurement per row of terms "
+                         f"({len(terms)} rows). Received: measured={list(measured)!r}.")
     rows = [[t / m for t in row] for row, m in zip(terms, measured)]
     n = len(prior)
     scale = [sum(r[j] for r in rows) / len(rows) for j in range(n)]

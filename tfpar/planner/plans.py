@@ -161,6 +161,15 @@ def _calibrated(model: keras.Model, found: list, batch_size: int) -> Coefficient
     default = Coefficients()
     time = calibrate_lib.fit([c.prediction.terms for c in tried], [c.measured_step_seconds for c in tried],
                              prior=default.time)
+    if not all(c.measured_peak_bytes > 0 for c in tried):
+        # TensorFlow's default CPU allocator keeps no statistics: every
+        # peak reads 0, and fitting to that would predict no memory at all.
+        for candidate in tried:
+            candidate.measured_peak_bytes = None
+        warnings.warn("tfpar.plan: the allocator reports no memory use, so the memory predictions are "
+                      "uncalibrated (the time predictions are). On CPUs TensorFlow counts memory only "
+                      "with TF_CPU_ALLOCATOR_USE_BFC=true set before it starts.", stacklevel=3)
+        return Coefficients(tuple(time), default.memory)
     memory = calibrate_lib.fit(
         [tuple(sum(device[j] for device in c.prediction.memory) for j in range(len(default.memory)))
          for c in tried], [c.measured_peak_bytes for c in tried], prior=default.memory)

@@ -8,13 +8,15 @@ per device, whether it is feasible and why it was chosen or rejected.
 
 Example:
     >>> from tfpar.planner.cost_model import LayerCost, Links, Machine, ModelProfile
-    >>> layer = LayerCost("dense", (1e-4, 1e-6), (2e-4, 2e-6), 4 << 20, 4 << 20, 4096, 4096)
+    >>> # Time per row dominates each layer's fixed cost, so micro-batches
+    >>> # overlap well; one device does not fit in 48 MiB.
+    >>> layer = LayerCost("dense", (1e-5, 1e-5), (2e-5, 2e-5), 4 << 20, 4 << 20, 4096, 4096)
     >>> model = ModelProfile([layer] * 4, input_bytes=64, optimizer_slots=2, step_overhead=1e-3)
     >>> machine = Machine(["/cpu:0", "/cpu:1"], memory_limits=[48 << 20, 48 << 20])
     >>> links = Links({2: (1e-4, 1e9)}, (1e-5, 1e10))
     >>> chosen = choose(candidates(model, machine, links, batch_size=64))
     >>> chosen.name, chosen.feasible
-    ('GPipe(2, M=2, zb1)', True)
+    ('GPipe(2, M=4, zb1)', True)
 """
 
 from __future__ import annotations
