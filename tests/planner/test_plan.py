@@ -52,7 +52,7 @@ def test_plan_predicts_every_layout_and_chooses_a_feasible_one(planned):
 
 
 def test_calibration_runs_contrasting_layouts_and_fits_the_terms_to_them(planned):
-    tried = [c for c in planned.candidates if c.measured_step_seconds is not None]
+    tried = [c for c in planned.candidates if c.anchor]
     assert {"one device", "DataParallel(4)", "ModelSplit(2)", "GPipe(2x2, M=2, 1f1b)"} <= {c.name for c in tried}
     for candidate in tried:
         assert 0 < candidate.measured_step_seconds < 10 and candidate.measured_peak_bytes > 0
@@ -68,6 +68,18 @@ def test_calibration_runs_contrasting_layouts_and_fits_the_terms_to_them(planned
     assert planned.coefficients != Coefficients()
     assert squared_error(planned.coefficients) <= squared_error(Coefficients()) + 1e-12
     assert "tried ms" in str(planned).splitlines()[1]
+
+
+def test_the_choice_goes_by_measurement_where_a_layout_ran(planned):
+    from tfpar.planner import plans, search
+
+    feasible = [c for c in planned.candidates if c.feasible]
+    confirmed = [c for c in feasible if c.measured_step_seconds is not None and not c.anchor]
+    # The best layout ran, unless every confirmation was spent.
+    assert planned.chosen.measured_step_seconds is not None or len(confirmed) == plans.CONFIRM
+    assert all(search.expected_seconds(planned.chosen) <= search.expected_seconds(c) for c in feasible)
+    if planned.chosen.measured_step_seconds is not None:
+        assert "ms/step measured" in planned.chosen.reason
 
 
 def test_without_calibration_the_layers_timings_are_added_as_measured():
@@ -114,6 +126,22 @@ def test_bad_arguments_are_refused():
         tfpar.plan(softmax_model(), 64, memory_limit=[1, 2])
     with pytest.raises(ValueError, match=r"device_speeds=\[1\]"):
         tfpar.plan(softmax_model(), 64, device_speeds=[1])
+
+
+def test_the_profile_counts_what_a_layer_makes_not_only_its_output():
+    from tfpar.planner import profile
+
+    length, heads, width = 16, 4, 8
+    tokens = keras.Input((length, width))
+    attended = keras.layers.MultiHeadAttention(heads, width, name="attention")(tokens, tokens)
+    model = keras.Model(tokens, keras.layers.Dense(3, activation="relu", name="dense")(attended))
+    layers = {l.name: l for l in profile.measure(model, batch_size=8, smallest_rows=2, repeats=1).layers}
+    # Per sample, float32: attention's scores and their softmax are heads x
+    # length x length each, eight times its output here; a Dense with an
+    # activation makes its product, the bias added and the activation.
+    assert layers["attention"].output_bytes == length * width * 4
+    assert layers["attention"].activation_bytes >= 2 * heads * length * length * 4
+    assert layers["dense"].activation_bytes == 3 * layers["dense"].output_bytes
 
 
 def test_auto_trains_exactly_like_one_device(capsys):

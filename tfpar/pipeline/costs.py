@@ -108,9 +108,11 @@ def _attention_products(op) -> int:
 
 
 def random_batch(tensor, batch_size: int):
-    """A random (or, for integer inputs, zero) batch shaped like `tensor`."""
+    """A random (or, for integer inputs, all-ones) batch shaped like `tensor`."""
     shape = (batch_size, *[d or 1 for d in tensor.shape[1:]])
     dtype = tf.as_dtype(tensor.dtype)
     if dtype.is_integer or dtype == tf.bool:
-        return tf.zeros(shape, dtype)
+        # Token 1: ids index tables of at least two rows, and 0 is often the
+        # padding a mask would hide (all of it, which would time nothing).
+        return tf.ones(shape, dtype)
     return tf.random.normal(shape, dtype=dtype)

@@ -278,6 +278,13 @@ def pipeline(model: ModelProfile, machine: Machine, links: Links, batch_size: in
             forward.append(f + inbound)
             backward.append(b + inbound)
 
+        work = [microbatches * (forward[s] + backward[s]) for s in range(k)]
+        if not part:
+            # Every task's fixed cost, added up: a micro-batch's ops cost
+            # their dispatch wherever they run, and these overheads were
+            # measured to add up across the stages, not to overlap.
+            return sum(work) * replicas
+
         def duration(stage: int, task) -> float:
             kind = task[0]
             if kind == "F":
@@ -288,12 +295,6 @@ def pipeline(model: ModelProfile, machine: Machine, links: Links, batch_size: in
                 return 0.0 if kind == "B" else backward[0]
             return backward[stage] / 2
 
-        work = [microbatches * (forward[s] + backward[s]) for s in range(k)]
-        if not part:
-            # Every task's fixed cost, added up: a micro-batch's ops cost
-            # their dispatch wherever they run, and these overheads were
-            # measured to add up across the stages, not to overlap.
-            return sum(work) * replicas
         events = schedule_lib.clock(sequences, duration)
         end = max(start + duration(stage, task) for start, stage, task in events)
         return max(end, shared_bound(machine, used, work * replicas))

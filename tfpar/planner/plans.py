@@ -3,7 +3,8 @@
 It measures the model's layers (`profile`) and this machine's links
 (`links`, cached), predicts every layout (`search`, `cost_model`), runs a
 few contrasting layouts for real to calibrate the predictions
-(`calibrate`, `trials`) and returns a `Plan`: every candidate with its
+(`calibrate`, `trials`), runs the fastest predicted few to confirm the
+choice, and returns a `Plan`: every candidate with its
 predicted step time, peak memory per device and the reason it was chosen
 or rejected. Printing a plan gives the table, best first.
 
@@ -37,6 +38,10 @@ from tfpar.planner import search, trials
 from tfpar.planner.cost_model import Coefficients, Machine, gib
 from tfpar.table import format_table
 
+# At most this many of the fastest predicted layouts run for real before
+# the choice.
+CONFIRM = 3
+
 
 class Plan:
     """Every layout considered for one model, batch and set of devices.
@@ -44,7 +49,8 @@ class Plan:
     Attributes:
       candidates: every `search.Candidate`, best first (feasible by
         predicted step time, then the rejected ones).
-      chosen: the fastest feasible candidate.
+      chosen: the fastest feasible candidate (by measured time for the
+        layouts that ran, else predicted).
       machine: the devices, speeds and memory limits planned for.
       coefficients: the cost model's calibrated coefficients (the
         defaults when not calibrated).
@@ -96,9 +102,11 @@ def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | Non
         device, or "measure" (time the model on each device).
       calibrate: run up to six contrasting layouts for a few steps each
         (on a twin of the model, random data) and fit the cost model's
-        coefficients to them. Off, the predictions add the layers'
-        timings as measured, which is faster but several times less
-        accurate (see the README's figures).
+        coefficients to them; then, while the fastest layout is one that
+        has not run, run it (at most three), so that the choice goes by
+        measurement. Off, the
+        predictions add the layers' timings as measured, which is faster
+        but several times less accurate (see the README's figures).
 
     Returns:
       A `Plan`; `plan.chosen.strategy` is ready for `fit_distributed`.
@@ -130,6 +138,8 @@ def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | Non
     if calibrate:
         coefficients = _calibrated(model, found, batch_size)
         search.recombined(found, machine, coefficients)
+        if getattr(model, "optimizer", None) is not None:  # it can train
+            _confirm(model, found, batch_size)
     chosen = search.choose(found)
     return Plan(found, chosen, machine, batch_size, coefficients)
 
@@ -141,19 +151,9 @@ def _calibrated(model: keras.Model, found: list, batch_size: int) -> Coefficient
                       "calibrate the predictions; they are uncalibrated. Compile the model first.",
                       stacklevel=3)
         return Coefficients()
-    tried = []
-    for candidate in calibrate_lib.anchors(found):
-        try:
-            # A fresh strategy: the candidate's own is for the user's training.
-            seconds, peak = trials.run(model, _make_strategy(candidate), batch_size,
-                                       devices=candidate.options["devices"])
-        except ValueError as error:  # a layout tfpar refuses for this model
-            candidate.feasible, candidate.prediction = False, None
-            candidate.predicted_step_seconds, candidate.predicted_peak_bytes = float("inf"), []
-            candidate.reason = f"refused when tried: {' '.join(str(error).split())[:300]}"
-            continue
-        candidate.measured_step_seconds, candidate.measured_peak_bytes = seconds, peak
-        tried.append(candidate)
+    tried = [c for c in calibrate_lib.anchors(found) if _tried(model, c, batch_size)]
+    for candidate in tried:
+        candidate.anchor = True
     if len(tried) < 2:
         warnings.warn(f"tfpar.plan: calibration needs two layouts that run; {len(tried)} did, so the "
                       "predictions are uncalibrated.", stacklevel=3)
@@ -161,11 +161,7 @@ def _calibrated(model: keras.Model, found: list, batch_size: int) -> Coefficient
     default = Coefficients()
     time = calibrate_lib.fit([c.prediction.terms for c in tried], [c.measured_step_seconds for c in tried],
                              prior=default.time)
-    if not all(c.measured_peak_bytes > 0 for c in tried):
-        # TensorFlow's default CPU allocator keeps no statistics: every
-        # peak reads 0, and fitting to that would predict no memory at all.
-        for candidate in tried:
-            candidate.measured_peak_bytes = None
+    if not all(c.measured_peak_bytes for c in tried):
         warnings.warn("tfpar.plan: the allocator reports no memory use, so the memory predictions are "
                       "uncalibrated (the time predictions are). On CPUs TensorFlow counts memory only "
                       "with TF_CPU_ALLOCATOR_USE_BFC=true set before it starts.", stacklevel=3)
@@ -174,6 +170,36 @@ def _calibrated(model: keras.Model, found: list, batch_size: int) -> Coefficient
         [tuple(sum(device[j] for device in c.prediction.memory) for j in range(len(default.memory)))
          for c in tried], [c.measured_peak_bytes for c in tried], prior=default.memory)
     return Coefficients(tuple(time), tuple(memory))
+
+
+def _tried(model: keras.Model, candidate, batch_size: int) -> bool:
+    """Runs `candidate` for real and records what it took; a layout tfpar
+    refuses for this model becomes infeasible, with the refusal as reason."""
+    try:
+        # A fresh strategy: the candidate's own is for the user's training.
+        seconds, peak = trials.run(model, _make_strategy(candidate), batch_size,
+                                   devices=candidate.options["devices"])
+    except ValueError as error:
+        candidate.feasible, candidate.prediction = False, None
+        candidate.predicted_step_seconds, candidate.predicted_peak_bytes = float("inf"), []
+        candidate.reason = f"refused when tried: {' '.join(str(error).split())[:300]}"
+        return False
+    # TensorFlow's default CPU allocator keeps no statistics: its peaks
+    # read 0, which would calibrate memory to nothing. None: not measured.
+    candidate.measured_step_seconds, candidate.measured_peak_bytes = seconds, (peak if peak > 0 else None)
+    return True
+
+
+def _confirm(model: keras.Model, found: list, batch_size: int) -> None:
+    """Runs the best layout while it is one that has not run, up to CONFIRM
+    times: the choice among close predictions goes by measurement (the
+    predictions' error, some 10%, is as large as the gaps between the best
+    few), and a prediction that was optimistic gives way to the next."""
+    for _ in range(CONFIRM):
+        best = next((c for c in search.ranked(found) if c.feasible), None)
+        if best is None or best.measured_step_seconds is not None:
+            return
+        _tried(model, best, batch_size)
 
 
 def _make_strategy(candidate):

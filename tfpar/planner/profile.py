@@ -6,8 +6,9 @@ inputs of its own shapes, at two batch sizes; a + b x rows is fitted to
 each. Layer by layer, each call pays a dispatch the whole model does not,
 so the layers' sums are rescaled to the whole model's forward and backward
 measured the same way. The optimizer's update is timed on a copy of the
-weights. Sizes come from the shapes: weights, and per sample each layer's
-output (kept for the backward, and what crosses a stage boundary).
+weights. Sizes come from the shapes: weights; per sample, each layer's
+output (what crosses a stage boundary) and the tensors its traced forward
+makes (what its backward may keep).
 
 Example:
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(2)])
@@ -47,7 +48,7 @@ def measure(model: keras.Model, batch_size: int, *, smallest_rows: int = 1, devi
     rows = sorted({max(1, int(smallest_rows)), int(batch_size)})
     layers = placement.layers(model)
     with tf.device(device):
-        timed = [_layer_seconds(layer, rows, repeats) for layer in layers]
+        timed, kept = zip(*[_layer_seconds(layer, rows, repeats) for layer in layers]) if layers else ((), ())
         whole = _model_seconds(model, rows, repeats)
         update = _update_seconds(model, repeats)
     fits = [(_fit(rows, [f for f, _ in times]), _fit(rows, [b for _, b in times])) for times in timed]
@@ -55,8 +56,8 @@ def measure(model: keras.Model, batch_size: int, *, smallest_rows: int = 1, devi
     profiles = [
         LayerCost(layer.name, forward=forward, backward=backward,
                   weight_bytes=_bytes(layer.weights), trainable_bytes=_bytes(layer.trainable_weights),
-                  activation_bytes=_output_bytes(layer), output_bytes=_output_bytes(layer))
-        for layer, (forward, backward) in zip(layers, fits)
+                  activation_bytes=max(bytes_kept, _output_bytes(layer)), output_bytes=_output_bytes(layer))
+        for layer, (forward, backward), bytes_kept in zip(layers, fits, kept)
     ]
     inputs = sum(_per_sample_bytes(t) for t in model.inputs)
     return ModelProfile(profiles, input_bytes=inputs, optimizer_slots=optimizer_slots(model),
@@ -77,10 +78,12 @@ def optimizer_slots(model: keras.Model) -> int:
     return len(shaped)
 
 
-def _layer_seconds(layer, rows: list[int], repeats: int) -> list[tuple[float, float]]:
+def _layer_seconds(layer, rows: list[int], repeats: int) -> tuple[list[tuple[float, float]], int]:
+    """(forward, backward) seconds at each row count, and the bytes per
+    sample of the tensors the layer's forward makes (`_forward_bytes`)."""
     args, kwargs = internals.call_arguments(layer)
     variables = layer.trainable_variables
-    result = []
+    result, made = [], []
     for n in rows:
         inputs = keras.tree.map_structure(lambda t: _random(t, n), (args, kwargs))
         floats = [t for t in keras.tree.flatten(inputs) if tf.is_tensor(t) and t.dtype.is_floating]
@@ -101,7 +104,31 @@ def _layer_seconds(layer, rows: list[int], repeats: int) -> list[tuple[float, fl
         f = costs.median_seconds(lambda: forward(inputs), repeats)
         fb = costs.median_seconds(lambda: forward_backward(inputs, floats), repeats)
         result.append((f, max(fb - f, 0.0)))
-    return result
+        made.append(_forward_bytes(forward.get_concrete_function(inputs).graph))
+    per_sample = (made[-1] - made[0]) / (rows[-1] - rows[0]) if len(rows) > 1 else made[0] / rows[0]
+    return result, int(max(per_sample, 0))
+
+
+# Ops whose outputs alias an input's buffer, or hold no batch data.
+_NO_NEW_BUFFER = frozenset({
+    "Placeholder", "Const", "ReadVariableOp", "Identity", "IdentityN", "Reshape", "Squeeze",
+    "ExpandDims", "StopGradient", "Shape", "ShapeN", "Size", "Rank", "NoOp", "VarHandleOp"})
+
+
+def _forward_bytes(graph) -> int:
+    """Bytes of every tensor a traced forward makes. An upper bound on what
+    it keeps for the backward (a layer's internals, such as attention's
+    scores, can outweigh its output many times); taken at two batch sizes,
+    the difference is per sample and leaves out the weights."""
+    total = 0
+    for op in graph.get_operations():
+        if op.type in _NO_NEW_BUFFER:
+            continue
+        for output in op.outputs:
+            shape = output.shape
+            if shape.rank is not None and shape.is_fully_defined() and output.dtype != tf.resource:
+                total += math.prod(shape) * output.dtype.size
+    return total
 
 
 def _model_seconds(model, rows: list[int], repeats: int) -> list[tuple[float, float]]:

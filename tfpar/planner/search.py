@@ -43,7 +43,10 @@ class Candidate:
       reason: why it was chosen, or why not.
       prediction: the cost model's terms behind the two predictions.
       measured_step_seconds, measured_peak_bytes: for the layouts the
-        plan ran for real to calibrate the cost model, what they took.
+        plan ran for real, what they took. The choice ranks a layout
+        that ran by its measured time.
+      anchor: whether it ran to calibrate the cost model (the others
+        that ran were the fastest predicted, run to confirm the choice).
       factory: makes the strategy from the candidate (`plans` sets it).
     """
     name: str
@@ -56,6 +59,7 @@ class Candidate:
     prediction: Prediction | None = dataclasses.field(default=None, repr=False, compare=False)
     measured_step_seconds: float | None = None
     measured_peak_bytes: int | None = None
+    anchor: bool = False
     factory: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
     _strategy: object = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -123,23 +127,37 @@ def choose(found: list[Candidate]) -> Candidate:
     ranked = sorted(feasible, key=_rank)
     best = ranked[0]
     runner_up = ranked[1] if len(ranked) > 1 else None
-    best.reason = f"fastest feasible: {best.predicted_step_seconds * 1e3:.1f} ms/step predicted"
+    best.reason = f"fastest feasible: {_step(best)}"
     if runner_up is not None:
-        best.reason += (f", {runner_up.predicted_step_seconds / best.predicted_step_seconds:.2f}x "
-                        f"faster than {runner_up.name}")
+        best.reason += f", {expected_seconds(runner_up) / expected_seconds(best):.2f}x faster than {runner_up.name}"
     for other in ranked[1:]:
-        other.reason = (f"slower: {other.predicted_step_seconds * 1e3:.1f} ms/step predicted, "
-                        f"{other.predicted_step_seconds / best.predicted_step_seconds:.2f}x {best.name}")
+        other.reason = (f"slower: {_step(other)}, "
+                        f"{expected_seconds(other) / expected_seconds(best):.2f}x {best.name}")
     return best
 
 
 def ranked(found: list[Candidate]) -> list[Candidate]:
-    """Best first: feasible by predicted time, then the rejected ones."""
+    """Best first: feasible by expected time, then the rejected ones."""
     return sorted(found, key=lambda c: (not c.feasible, *_rank(c)))
 
 
+def expected_seconds(candidate: Candidate) -> float:
+    """What the choice ranks by: a layout's measured step time if it ran
+    (a measurement beats a prediction), else its predicted one."""
+    if candidate.measured_step_seconds is not None:
+        return candidate.measured_step_seconds
+    return candidate.predicted_step_seconds
+
+
+def _step(candidate: Candidate) -> str:
+    predicted = f"{candidate.predicted_step_seconds * 1e3:.1f} ms/step predicted"
+    if candidate.measured_step_seconds is None:
+        return predicted
+    return f"{candidate.measured_step_seconds * 1e3:.1f} ms/step measured ({predicted})"
+
+
 def _rank(candidate: Candidate):
-    return candidate.predicted_step_seconds, len(candidate.predicted_peak_bytes)
+    return expected_seconds(candidate), len(candidate.predicted_peak_bytes)
 
 
 def _one_device(model, machine, links, batch_size) -> Candidate:

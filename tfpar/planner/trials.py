@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpar import replica
+from tfpar.pipeline import costs
 from tfpar.strategies import contract
 
 
@@ -70,7 +71,7 @@ def run(model: keras.Model, strategy, batch_size: int, *, devices: list[str] | N
     optimizer = model.optimizer
     twin.compile(optimizer=type(optimizer).from_config(optimizer.get_config()), loss="mse")
     rows = batch_size * (steps + warmup)
-    x = [_random(t, rows) for t in model.inputs]
+    x = [costs.random_batch(t, rows).numpy() for t in model.inputs]
     y = [np.random.default_rng(0).normal(size=(rows, *[d or 1 for d in t.shape[1:]])).astype("float32")
          for t in model.outputs]
     x, y = (x[0] if len(x) == 1 else x), (y[0] if len(y) == 1 else y)
@@ -85,16 +86,6 @@ def run(model: keras.Model, strategy, batch_size: int, *, devices: list[str] | N
     runner.fit(runner.recreate(twin), x, y, fit_kwargs)
     peaks = [peak + base - before for peak, base in zip(timer.peak_bytes, timer.base_bytes)]
     return statistics.median(timer.seconds[warmup:]), max(peaks[warmup:])
-
-
-def _random(tensor, rows: int) -> np.ndarray:
-    shape = (rows, *[d or 1 for d in tensor.shape[1:]])
-    dtype = tf.as_dtype(tensor.dtype)
-    if dtype.is_integer or dtype == tf.bool:
-        # Token 1: ids index tables of at least two rows, and 0 is often the
-        # padding a mask would hide (all of it, here).
-        return np.ones(shape, dtype.as_numpy_dtype)
-    return np.random.default_rng(0).normal(size=shape).astype(dtype.as_numpy_dtype)
 
 
 def allocators(devices: list[str]) -> tuple:
