@@ -46,7 +46,7 @@ def test_the_anchors_contrast_every_kind_of_layout():
     model, machine, links = four_devices()
     found = search.candidates(model, machine, links, batch_size=64)
     names = [c.name for c in calibrate.anchors(found)]
-    assert names == ["one device", "DataParallel(4)", "ModelSplit(2)", "GPipe(2, M=8, 1f1b)",
+    assert names == ["one device", "DataParallel(4)", "ModelSplit(2)", "GPipe(2, M=8, gpipe)",
                      "GPipe(4, M=32, 1f1b)", "GPipe(2x2, M=2, 1f1b)"]
 
 

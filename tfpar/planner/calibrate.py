@@ -34,8 +34,9 @@ STRENGTH = 0.05
 def anchors(found: list, limit: int = 6) -> list:
     """Up to `limit` feasible candidates that vary every term: one device,
     data parallel over the most devices, a two-stage ModelSplit, two
-    stages with 4 micro-batches per stage, the most stages with 8 per
-    stage (the most micro-batches any candidate has), and the smallest
+    stages with 4 micro-batches per stage on the gpipe schedule (all of
+    them in flight), the most stages with 8 per stage on 1f1b (the most
+    micro-batches any candidate has, few in flight), and the smallest
     pipeline of two replicas."""
     feasible = [c for c in found if c.feasible and c.prediction is not None]
 
@@ -50,7 +51,10 @@ def anchors(found: list, limit: int = 6) -> list:
         lambda: first(lambda c: c.kind == "one device"),
         lambda: first(lambda c: c.kind == "DataParallel", key=lambda c: -len(c.options["devices"])),
         lambda: first(lambda c: c.kind == "ModelSplit" and stages(c) == 2 and "data_parallel" not in c.options),
-        lambda: first(lambda c: _pipeline(c, replicas=1) and stages(c) == 2 and c.options["microbatches"] == 8),
+        # The gpipe schedule keeps all 8 micro-batches' activations, the
+        # 1f1b anchors below few: memory's activation term varies too.
+        lambda: first(lambda c: _pipeline(c, replicas=1, schedule="gpipe") and stages(c) == 2
+                      and c.options["microbatches"] == 8),
         lambda: first(lambda c: _pipeline(c, replicas=1) and c.options["microbatches"] == 8 * stages(c),
                       key=lambda c: -stages(c)),
         lambda: first(lambda c: _pipeline(c, replicas=2), key=lambda c: c.options["microbatches"]),
@@ -63,9 +67,9 @@ def anchors(found: list, limit: int = 6) -> list:
     return picked[:limit]
 
 
-def _pipeline(candidate, replicas: int) -> bool:
+def _pipeline(candidate, replicas: int, schedule: str = "1f1b") -> bool:
     return (candidate.kind == "GPipe" and candidate.options.get("data_parallel", 1) == replicas
-            and candidate.options.get("schedule") == "1f1b" and not candidate.options.get("rematerialize"))
+            and candidate.options.get("schedule") == schedule and not candidate.options.get("rematerialize"))
 
 
 def fit(terms: Sequence[Sequence[float]], measured: Sequence[float], prior: Sequence[float], *,

@@ -4,8 +4,8 @@ It measures the model's layers (`profile`) and this machine's links
 (`links`, cached), predicts every layout (`search`, `cost_model`), runs a
 few contrasting layouts for real to calibrate the predictions
 (`calibrate`, `trials`), runs the fastest predicted few to confirm the
-choice, and returns a `Plan`: every candidate with its
-predicted step time, peak memory per device and the reason it was chosen
+choice (fitting again to each), and returns a `Plan`: every candidate with
+its predicted step time, peak memory per device and the reason it was chosen
 or rejected. Printing a plan gives the table, best first.
 
 Example:
@@ -103,10 +103,10 @@ def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | Non
       calibrate: run up to six contrasting layouts for a few steps each
         (on a twin of the model, random data) and fit the cost model's
         coefficients to them; then, while the fastest layout is one that
-        has not run, run it (at most three), so that the choice goes by
-        measurement. Off, the
-        predictions add the layers' timings as measured, which is faster
-        but several times less accurate (see the README's figures).
+        has not run, run it too (at most three) and fit again, so that the
+        choice goes by measurement. Off, the predictions add the layers'
+        timings as measured, which is faster but several times less
+        accurate (see the README's figures).
 
     Returns:
       A `Plan`; `plan.chosen.strategy` is ready for `fit_distributed`.
@@ -133,19 +133,22 @@ def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | Non
     links = links_lib.measure(names)
     found = search.candidates(profile, machine, links, batch_size)
     for candidate in found:
-        candidate.factory = _make_strategy
+        candidate.factory = strategy_for
     coefficients = Coefficients()
     if calibrate:
-        coefficients = _calibrated(model, found, batch_size)
-        search.recombined(found, machine, coefficients)
-        if getattr(model, "optimizer", None) is not None:  # it can train
-            _confirm(model, found, batch_size)
+        coefficients = _calibrated(model, found, batch_size, machine)
     chosen = search.choose(found)
     return Plan(found, chosen, machine, batch_size, coefficients)
 
 
-def _calibrated(model: keras.Model, found: list, batch_size: int) -> Coefficients:
-    """Runs the anchors for real and fits the coefficients to them."""
+def _calibrated(model: keras.Model, found: list, batch_size: int, machine: Machine) -> Coefficients:
+    """Runs the anchors for real and fits the coefficients to them; then,
+    while the fastest layout is one that has not run, runs it too (at most
+    CONFIRM) and fits again to every layout that ran. The predictions'
+    error, some 10%, is as large as the gaps between the best few, so the
+    choice among them goes by measurement; and a layout that measured slower
+    than predicted corrects the others like it (its siblings in another
+    schedule share its terms) before the next is picked."""
     if getattr(model, "optimizer", None) is None:
         warnings.warn(f"tfpar.plan: model {model.name!r} is not compiled, so no layout can be run to "
                       "calibrate the predictions; they are uncalibrated. Compile the model first.",
@@ -158,18 +161,37 @@ def _calibrated(model: keras.Model, found: list, batch_size: int) -> Coefficient
         warnings.warn(f"tfpar.plan: calibration needs two layouts that run; {len(tried)} did, so the "
                       "predictions are uncalibrated.", stacklevel=3)
         return Coefficients()
-    default = Coefficients()
-    time = calibrate_lib.fit([c.prediction.terms for c in tried], [c.measured_step_seconds for c in tried],
-                             prior=default.time)
-    if not all(c.measured_peak_bytes for c in tried):
+    memory_counted = all(c.measured_peak_bytes for c in tried)
+    if not memory_counted:
         warnings.warn("tfpar.plan: the allocator reports no memory use, so the memory predictions are "
                       "uncalibrated (the time predictions are). On CPUs TensorFlow counts memory only "
                       "with TF_CPU_ALLOCATOR_USE_BFC=true set before it starts.", stacklevel=3)
-        return Coefficients(tuple(time), default.memory)
-    memory = calibrate_lib.fit(
-        [tuple(sum(device[j] for device in c.prediction.memory) for j in range(len(default.memory)))
-         for c in tried], [c.measured_peak_bytes for c in tried], prior=default.memory)
-    return Coefficients(tuple(time), tuple(memory))
+    coefficients = _fitted(tried, found, machine, memory_counted)
+    for _ in range(CONFIRM):
+        best = next((c for c in search.ranked(found) if c.feasible), None)
+        if best is None or best.measured_step_seconds is not None:
+            break
+        if _tried(model, best, batch_size):
+            tried.append(best)
+            coefficients = _fitted(tried, found, machine, memory_counted)
+    return coefficients
+
+
+def _fitted(tried: list, found: list, machine: Machine, memory_counted: bool) -> Coefficients:
+    """The coefficients that best match the layouts that ran; every
+    candidate predicted again with them."""
+    default = Coefficients()
+    time = calibrate_lib.fit([c.prediction.terms for c in tried], [c.measured_step_seconds for c in tried],
+                             prior=default.time)
+    memory = default.memory
+    counted = [c for c in tried if c.measured_peak_bytes]
+    if memory_counted and len(counted) >= 2:
+        memory = calibrate_lib.fit(
+            [tuple(sum(device[j] for device in c.prediction.memory) for j in range(len(default.memory)))
+             for c in counted], [c.measured_peak_bytes for c in counted], prior=default.memory)
+    coefficients = Coefficients(tuple(time), tuple(memory))
+    search.recombined(found, machine, coefficients)
+    return coefficients
 
 
 def _tried(model: keras.Model, candidate, batch_size: int) -> bool:
@@ -177,7 +199,7 @@ def _tried(model: keras.Model, candidate, batch_size: int) -> bool:
     refuses for this model becomes infeasible, with the refusal as reason."""
     try:
         # A fresh strategy: the candidate's own is for the user's training.
-        seconds, peak = trials.run(model, _make_strategy(candidate), batch_size,
+        seconds, peak = trials.run(model, strategy_for(candidate), batch_size,
                                    devices=candidate.options["devices"])
     except ValueError as error:
         candidate.feasible, candidate.prediction = False, None
@@ -190,19 +212,8 @@ def _tried(model: keras.Model, candidate, batch_size: int) -> bool:
     return True
 
 
-def _confirm(model: keras.Model, found: list, batch_size: int) -> None:
-    """Runs the best layout while it is one that has not run, up to CONFIRM
-    times: the choice among close predictions goes by measurement (the
-    predictions' error, some 10%, is as large as the gaps between the best
-    few), and a prediction that was optimistic gives way to the next."""
-    for _ in range(CONFIRM):
-        best = next((c for c in search.ranked(found) if c.feasible), None)
-        if best is None or best.measured_step_seconds is not None:
-            return
-        _tried(model, best, batch_size)
-
-
-def _make_strategy(candidate):
+def strategy_for(candidate: search.Candidate):
+    """A new strategy object for the candidate's layout (its `factory`)."""
     from tfpar.strategies import DataParallel, GPipe, ModelSplit
 
     options = dict(candidate.options)
