@@ -28,6 +28,7 @@ import numpy as np
 
 import tfpar
 from tfpar.bench import timing
+from tfpar.planner import trials
 
 MODELS = ("mlp", "cnn", "transformer")
 
@@ -180,11 +181,11 @@ def _measure(model, x, y, strategy, args) -> tuple[float, float]:
     copy.set_weights(model.get_weights())
     copy.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     timer = timing.StepTimer()
+    data = trials.as_dataset(x, y, args.batch_size)  # its bytes are the data's, not the layout's
     gc.collect()  # the previous candidate's twin and functions, freed first
     # Logical CPUs share one allocator: CPU:0 reports the whole process.
     before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    tfpar.fit_distributed(copy, x, y, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
-                          strategy=strategy, callbacks=[timer])
+    tfpar.fit_distributed(copy, data, epochs=1, verbose=0, strategy=strategy, callbacks=[timer])
     # StepTimer's peaks are over each step's start; its bases add back.
     peaks = [peak + base - before for peak, base in zip(timer.peak_bytes, timer.base_bytes)]
     return statistics.median(timer.seconds[args.warmup:]), max(peaks[args.warmup:])

@@ -6,7 +6,7 @@ own cost is a few ops, and a target that fits any head needs no labels)
 trains with the layout's strategy on random inputs of the model's shapes.
 The result is the median wall time of the steps after the first few (they
 trace, and fill the allocator) and the most memory a step held over what
-the process held before the run. Host memory is counted only when
+the process held before the run, its data set already made. Host memory is counted only when
 TensorFlow started with TF_CPU_ALLOCATOR_USE_BFC=true (its default CPU
 allocator keeps no statistics); otherwise the peak is 0.
 
@@ -77,19 +77,27 @@ def run(model: keras.Model, strategy, batch_size: int, *, devices: list[str] | N
          for t in model.outputs]
     x, y = (x[0] if len(x) == 1 else x), (y[0] if len(y) == 1 else y)
     timer = StepTimer(allocators(devices or ["/device:CPU:0"]))
-    fit_kwargs = dict(batch_size=batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    fit_kwargs = dict(epochs=1, verbose=0, callbacks=[timer])
     # What fit_distributed does, without its hand-over to the caller's
     # model: the runner checks the data, recreates the twin under the
     # strategy and trains it.
     runner = contract.for_strategy(strategy)
-    runner.check_fit(x, fit_kwargs)
+    data = as_dataset(x, y, batch_size)
+    runner.check_fit(data, fit_kwargs)
     # An earlier trial's twin and functions, freed now rather than during
     # this run, where they would lower the bytes held below `before`.
     gc.collect()
     before = timer._memory("current")
-    runner.fit(runner.recreate(twin), x, y, fit_kwargs)
+    runner.fit(runner.recreate(twin), data, None, fit_kwargs)
     peaks = [peak + base - before for peak, base in zip(timer.peak_bytes, timer.base_bytes)]
     return statistics.median(timer.seconds[warmup:]), max(peaks[warmup:])
+
+
+def as_dataset(x, y, batch_size: int) -> tf.data.Dataset:
+    """The arrays as batches, made before a run's memory is counted: given
+    arrays, Keras converts (and copies) them whole inside fit, which would
+    count the data set's size, not the layout's, into every step's peak."""
+    return tf.data.Dataset.from_tensor_slices((tuple(x) if isinstance(x, list) else x, y)).batch(batch_size)
 
 
 def allocators(devices: list[str]) -> tuple:
