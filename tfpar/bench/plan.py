@@ -185,7 +185,7 @@ def _measure(model, x, y, strategy, args) -> tuple[float, float]:
     gc.collect()  # the previous candidate's twin and functions, freed first
     # Logical CPUs share one allocator: CPU:0 reports the whole process.
     before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    tfpar.fit_distributed(copy, data, epochs=1, verbose=0, strategy=strategy, callbacks=[timer])
+    tfpar.fit_distributed(copy, data, epochs=1, shuffle=False, verbose=0, strategy=strategy, callbacks=[timer])
     # StepTimer's peaks are over each step's start; its bases add back.
     peaks = [peak + base - before for peak, base in zip(timer.peak_bytes, timer.base_bytes)]
     return statistics.median(timer.seconds[args.warmup:]), max(peaks[args.warmup:])

@@ -157,23 +157,25 @@ def _calibrated(model: keras.Model, found: list, batch_size: int, machine: Machi
     tried = [c for c in calibrate_lib.anchors(found) if _tried(model, c, batch_size)]
     for candidate in tried:
         candidate.anchor = True
-    if len(tried) < 2:
-        warnings.warn(f"tfpar.plan: calibration needs two layouts that run; {len(tried)} did, so the "
-                      "predictions are uncalibrated.", stacklevel=3)
-        return Coefficients()
     memory_counted = all(c.measured_peak_bytes for c in tried)
     if not memory_counted:
         warnings.warn("tfpar.plan: the allocator reports no memory use, so the memory predictions are "
                       "uncalibrated (the time predictions are). On CPUs TensorFlow counts memory only "
                       "with TF_CPU_ALLOCATOR_USE_BFC=true set before it starts.", stacklevel=3)
-    coefficients = _fitted(tried, found, machine, memory_counted)
+    # With fewer than two anchors (a memory limit can leave one), the
+    # confirmations still run and the fit starts once two layouts have.
+    coefficients = _fitted(tried, found, machine, memory_counted) if len(tried) >= 2 else Coefficients()
     for _ in range(CONFIRM):
         best = next((c for c in search.ranked(found) if c.feasible), None)
         if best is None or best.measured_step_seconds is not None:
             break
         if _tried(model, best, batch_size):
             tried.append(best)
-            coefficients = _fitted(tried, found, machine, memory_counted)
+            if len(tried) >= 2:
+                coefficients = _fitted(tried, found, machine, memory_counted)
+    if len(tried) < 2:
+        warnings.warn(f"tfpar.plan: calibration needs two layouts that run; {len(tried)} did, so the "
+                      "predictions are uncalibrated.", stacklevel=3)
     return coefficients
 
 

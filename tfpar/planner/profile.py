@@ -46,7 +46,12 @@ def measure(model: keras.Model, batch_size: int, *, smallest_rows: int = 1, devi
                          f"{model.name!r}, not built. Call model.build(input_shape) or fit it once.")
     device = device or tf.config.list_logical_devices()[0].name
     rows = sorted({max(1, int(smallest_rows)), int(batch_size)})
-    layers = placement.layers(model)
+    try:
+        layers = placement.layers(model)
+    except ValueError as error:
+        raise ValueError(f"tfpar.plan (and strategy='auto') measures and splits a model layer by layer. "
+                         f"{error} Until then, choose a data-parallel strategy yourself, e.g. "
+                         f"strategy='mirrored'.") from error
     with tf.device(device):
         timed, kept = zip(*[_layer_seconds(layer, rows, repeats) for layer in layers]) if layers else ((), ())
         whole = _model_seconds(model, rows, repeats)

@@ -77,7 +77,8 @@ def run(model: keras.Model, strategy, batch_size: int, *, devices: list[str] | N
          for t in model.outputs]
     x, y = (x[0] if len(x) == 1 else x), (y[0] if len(y) == 1 else y)
     timer = StepTimer(allocators(devices or ["/device:CPU:0"]))
-    fit_kwargs = dict(epochs=1, verbose=0, callbacks=[timer])
+    # shuffle=False: Keras' default, True, would warn that a dataset ignores it.
+    fit_kwargs = dict(epochs=1, shuffle=False, verbose=0, callbacks=[timer])
     # What fit_distributed does, without its hand-over to the caller's
     # model: the runner checks the data, recreates the twin under the
     # strategy and trains it.
