@@ -118,7 +118,7 @@ def _bench_model(name: str, args) -> dict:
         # Ran during planning: an anchor, or one of the fastest, run to
         # confirm the choice; either way the last fit saw it.
         ran = "anchor" if candidate.anchor else ("confirm" if candidate.measured_step_seconds else "")
-        records.append({"name": candidate.name, "anchor": candidate.anchor, "ran": ran,
+        records.append({"name": candidate.name, "ran": ran,
                         "terms": list(candidate.prediction.terms),
                         "memory": [list(device) for device in candidate.prediction.memory],
                         "predicted_seconds": candidate.predicted_step_seconds, "seconds": seconds,

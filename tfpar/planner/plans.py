@@ -164,15 +164,14 @@ def _calibrated(model: keras.Model, found: list, batch_size: int, machine: Machi
                       "with TF_CPU_ALLOCATOR_USE_BFC=true set before it starts.", stacklevel=3)
     # With fewer than two anchors (a memory limit can leave one), the
     # confirmations still run and the fit starts once two layouts have.
-    coefficients = _fitted(tried, found, machine, memory_counted) if len(tried) >= 2 else Coefficients()
+    coefficients = _fitted(tried, found, machine, memory_counted)
     for _ in range(CONFIRM):
         best = next((c for c in search.ranked(found) if c.feasible), None)
         if best is None or best.measured_step_seconds is not None:
             break
         if _tried(model, best, batch_size):
             tried.append(best)
-            if len(tried) >= 2:
-                coefficients = _fitted(tried, found, machine, memory_counted)
+            coefficients = _fitted(tried, found, machine, memory_counted)
     if len(tried) < 2:
         warnings.warn(f"tfpar.plan: calibration needs two layouts that run; {len(tried)} did, so the "
                       "predictions are uncalibrated.", stacklevel=3)
@@ -180,9 +179,11 @@ def _calibrated(model: keras.Model, found: list, batch_size: int, machine: Machi
 
 
 def _fitted(tried: list, found: list, machine: Machine, memory_counted: bool) -> Coefficients:
-    """The coefficients that best match the layouts that ran; every
-    candidate predicted again with them."""
+    """The coefficients that best match the layouts that ran (the defaults
+    until two have); every candidate predicted again with them."""
     default = Coefficients()
+    if len(tried) < 2:
+        return default
     time = calibrate_lib.fit([c.prediction.terms for c in tried], [c.measured_step_seconds for c in tried],
                              prior=default.time)
     memory = default.memory
