@@ -27,7 +27,9 @@ setup(
     # pytest-xdist: the suite runs on four processes (pyproject.toml's addopts).
     # torch: the PyTorch peer of `python -m tfpar.bench pipeline --peer torch`
     # (the CPU wheel is enough); never needed to train or test.
-    extras_require={"test": ["pytest>=7", "pytest-xdist"], "bench": ["torch"]},
+    # keras-hub: the conformance catalogue trains its models (tiny configs,
+    # random weights, no download); pinned, like the Keras it was checked on.
+    extras_require={"test": ["pytest>=7", "pytest-xdist", "keras-hub==0.32.0"], "bench": ["torch"]},
     entry_points={
         "console_scripts": [
             "tfpar-train=tfpar.train:run",

@@ -120,19 +120,49 @@ def test_mirrored_strategy_accessors():
           "unscale_loss_for_distribution outside a strategy")
 
 
-def test_optimizer_variables_are_its_own_then_each_weights_slots_in_order():
-    # replica._copy_optimizer_state maps replicas' optimizer state on this.
-    for optimizer in (keras.optimizers.Adam(), keras.optimizers.SGD(momentum=0.9), keras.optimizers.RMSprop()):
-        a, b = keras.Variable(np.zeros(2), name="a"), keras.Variable(np.zeros(3), name="b")
-        optimizer.build([a, b])
-        shapes = [tuple(v.shape) for v in optimizer.variables]
-        head = [s for s in shapes if s == ()]
-        holds(shapes[:len(head)] == head and all(s != () for s in shapes[len(head):]),
-              f"{type(optimizer).__name__}'s own variables come first")
-        slots = shapes[len(head):]
-        half = len(slots) // 2
-        holds(set(slots[:half]) == {(2,)} and set(slots[half:]) == {(3,)},
-              f"{type(optimizer).__name__}'s slots follow the order of the weights")
+def test_the_optimizer_methods_summed_updates_override():
+    # internals._SummedUpdates moves Keras' clip after the replicas' sum and
+    # its accumulation cond to cross-replica context: the steps of
+    # BaseOptimizer._backend_apply_gradients and TFOptimizer it relies on.
+    import inspect
+
+    from keras.src.backend.tensorflow.optimizer import TFOptimizer
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    apply_source = inspect.getsource(BaseOptimizer._backend_apply_gradients)
+    holds(apply_source.index("_clip_gradients") < apply_source.index("_backend_update_step"),
+          "Keras clips before its update step")
+    update_source = inspect.getsource(TFOptimizer._backend_update_step)
+    holds("_all_reduce_sum_gradients" in update_source and "_distributed_tf_update_step" in update_source,
+          "TFOptimizer's update step all-reduces, then updates in a merge_call")
+    for name in ("_clip_gradients", "_all_reduce_sum_gradients", "_distributed_tf_update_step",
+                 "_apply_weight_decay", "_backend_increment_gradient_accumulators",
+                 "_update_model_variables_moving_average", "_get_variable_index", "_var_key",
+                 "_overwrite_model_variables_with_average_value"):
+        holds(callable(getattr(TFOptimizer, name, None)), name)
+    optimizer = keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)
+    optimizer.build([keras.Variable(np.zeros(3, "float32"))])
+    holds(len(optimizer._accumulated_gradients) == 1 and optimizer._iterations is not None,  # noqa: SLF001
+          "accumulators and the raw iteration count")
+    holds(optimizer._distribution_strategy is not None, "the optimizer's strategy")  # noqa: SLF001
+
+
+def test_optimizer_slots_are_named_after_their_weights_in_the_order_of_the_weights():
+    # replica._copy_optimizer_state pairs the optimizer state of replicas
+    # (weights of the same paths) with one model's on this.
+    for make in (keras.optimizers.Adam, lambda: keras.optimizers.SGD(momentum=0.9), keras.optimizers.RMSprop,
+                 lambda: keras.optimizers.AdamW(gradient_accumulation_steps=2, use_ema=True)):
+        def weights():
+            return [keras.Variable(np.zeros(2), name="a"), keras.Variable(np.zeros(3), name="b")]
+        one, two = make(), make()
+        one.build(weights())
+        two.build(weights() + weights())
+        first_seen = list(dict.fromkeys(v.path for v in two.variables))
+        own = lambda path: path.split("/", 1)[-1]  # noqa: E731  (each optimizer names its own)
+        holds([own(p) for p in first_seen] == [own(v.path) for v in one.variables],
+              f"{type(one).__name__}'s paths pair up")
+        counts = [sum(v.path == path for v in two.variables) for path in first_seen]
+        holds(set(counts) == {1, 2}, f"{type(one).__name__}: own variables once, slots per replica")
 
 
 def private_reaches(package) -> list[str]:

@@ -255,3 +255,129 @@ def add_control_inputs(op, ops: list) -> None:
     """Makes `op`, already in the graph being traced, also wait for `ops`
     (`tf.control_dependencies` reaches only ops created inside it)."""
     op._add_control_inputs(ops)
+
+
+# --- optimizers: updates from the whole batch's gradient -------------------
+
+
+def summed_update_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """A fresh optimizer like `optimizer` (same class and configuration, no
+    state) that clips and accumulates the whole batch's gradient.
+
+    Keras clips each replica's gradient before `_backend_update_step` sums
+    the replicas (keras/src/optimizers/base_optimizer.py
+    `_backend_apply_gradients`), so under tf.distribute `clipnorm`,
+    `clipvalue` and `global_clipnorm` act on a replica's share instead of
+    the batch; and its `gradient_accumulation_steps` calls `merge_call`
+    inside a `cond` in replica context, which tf.distribute refuses
+    (keras-team/keras#20582). The returned optimizer's class is
+    `_SummedUpdates` over the user's class: it clips after the sum and,
+    across replicas, runs accumulation's `cond` in cross-replica context as
+    Keras' own LossScaleOptimizer does. Its serialized form names the
+    user's class, so a saved twin reloads as the user's optimizer.
+    A LossScaleOptimizer keeps its wrapper; its inner optimizer is made so.
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        config = optimizer.get_config()
+        return keras.optimizers.LossScaleOptimizer(
+            summed_update_optimizer(optimizer.inner_optimizer),
+            initial_scale=config["initial_scale"], dynamic_growth_steps=config["dynamic_growth_steps"],
+            name=config["name"])
+    return _summed_class(type(optimizer)).from_config(optimizer.get_config())
+
+
+def clip_norm_over(optimizer: keras.optimizers.Optimizer, variables) -> None:
+    """Makes a `summed_update_optimizer`'s `global_clipnorm` measure the
+    norm of these variables' gradients only: an optimizer over several
+    identical pipeline replicas (each holding the summed gradient) would
+    otherwise count the norm once per replica."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    optimizer.norm_keys = {optimizer._var_key(v) for v in variables}  # pylint: disable=protected-access
+
+
+_SUMMED_CLASSES = {}
+
+
+def _summed_class(base: type) -> type:
+    if base not in _SUMMED_CLASSES:
+        _SUMMED_CLASSES[base] = type(base.__name__, (_SummedUpdates, base), {
+            "__module__": base.__module__, "__qualname__": base.__qualname__})
+    return _SUMMED_CLASSES[base]
+
+
+class _SummedUpdates:
+    """Clipping and gradient accumulation on the summed gradient (mixed
+    into the user's optimizer class by `summed_update_optimizer`)."""
+
+    norm_keys = None  # global_clipnorm over all variables
+
+    def _clip_gradients(self, grads):
+        # Deferred: `_backend_update_step` clips once the replicas are summed.
+        return grads
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        pairs = self._all_reduce_sum_gradients(list(zip(grads, variables)))
+        self._update_summed([g for g, _ in pairs], trainable_variables, learning_rate)
+
+    def _update_summed(self, grads, trainable_variables, learning_rate):
+        grads = self._clip_summed(grads, trainable_variables)
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_tf_update_step, self._distribution_strategy,
+            list(zip(grads, variables)), learning_rate)
+
+    def _clip_summed(self, grads, trainable_variables):
+        if not (self.global_clipnorm and self.global_clipnorm > 0) or self.norm_keys is None:
+            return super()._clip_gradients(grads)
+        # Keras' clip_by_global_norm, with the norm of one replica's gradients.
+        counted = [g for g, v in zip(grads, trainable_variables)
+                   if g is not None and self._var_key(v) in self.norm_keys]
+        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.stack([keras.ops.sum(keras.ops.square(g))
+                                                             for g in counted])))
+        clip = self.global_clipnorm
+        scale = clip * keras.ops.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
+        return [g * scale if g is not None else g for g in grads]
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        context = tf.distribute.get_replica_context()
+        if (not self.gradient_accumulation_steps or context is None
+                or context.num_replicas_in_sync == 1):
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        # Summed once, outside control flow; the update-or-accumulate cond
+        # runs in cross-replica context, each branch back in the replicas.
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        grads = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
+        context.merge_call(self._accumulate_or_update, args=(grads, trainable_variables))
+        if self.use_ema:
+            self._update_model_variables_moving_average(self._trainable_variables)
+            if self.ema_overwrite_frequency:
+                keras.ops.cond(
+                    (self.iterations + 1) % self.ema_overwrite_frequency == 0,
+                    lambda: self._overwrite_model_variables_with_average_value(self._trainable_variables),
+                    lambda: None)
+
+    def _accumulate_or_update(self, distribution, grads, trainable_variables):
+        steps = self.gradient_accumulation_steps
+
+        def update(grads, trainable_variables):
+            accumulated = self._accumulators(trainable_variables)
+            grads = [(g + a) / steps for g, a in zip(grads, accumulated)]
+            self._apply_weight_decay(trainable_variables)
+            self._update_summed(grads, trainable_variables, self.learning_rate)
+            tf.__internal__.distribute.interim.maybe_merge_call(
+                lambda strategy: [strategy.extended.update(a.value, lambda a: a.assign(tf.zeros_like(a)),
+                                                           group=False) for a in accumulated],
+                self._distribution_strategy)
+
+        def accumulate(grads, trainable_variables):
+            self._backend_increment_gradient_accumulators(grads, self._accumulators(trainable_variables))
+
+        keras.ops.cond(
+            (self._iterations + 1) % steps == 0,
+            lambda: distribution.extended.call_for_each_replica(update, args=(grads, trainable_variables)),
+            lambda: distribution.extended.call_for_each_replica(accumulate, args=(grads, trainable_variables)))
+
+    def _accumulators(self, trainable_variables):
+        return [self._accumulated_gradients[self._get_variable_index(v)] for v in trainable_variables]

@@ -75,6 +75,8 @@ def recreate(
         if not getattr(model, "compiled", False):
             return trained  # for prediction, which needs no compile
         trained.compile(optimizer=_fresh_optimizer(model.optimizer), **_compile_args(model))
+        if _copies(trained) > 1:  # identical pipeline replicas: one's norm
+            internals.clip_norm_over(trained.optimizer, trained.primary.trainable_variables)
         if model.optimizer.built:
             trained.optimizer.build(trained.trainable_variables)
             _copy_optimizer_state(model.optimizer.variables, trained.optimizer.variables,
@@ -218,8 +220,10 @@ def _from_own_arguments(layer, config: dict, error: TypeError):
 
 
 def _fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-    # A new instance: the original's variables belong outside the scope.
-    return optimizer.__class__.from_config(optimizer.get_config())
+    # A new instance: the original's variables belong outside the scope. It
+    # clips (and accumulates) the gradient summed over replicas, as one
+    # device does, where Keras would clip each replica's share.
+    return internals.summed_update_optimizer(optimizer)
 
 
 def _compile_args(model: keras.Model) -> dict:
@@ -245,29 +249,33 @@ def _copy_optimizer_state(sources, targets, copies: int = 1) -> None:
     """Copies optimizer variables between a model and its twin.
 
     With `copies` > 1 the larger side is one optimizer over `copies`
-    identical replicas' weights. Keras lists an optimizer's variables as its
-    own (iterations, learning rate) and then each weight's slots in the
-    order of the weights (checked in tests/test_internals.py), so that side
-    is head + copies x body, the other head + body: each replica's body
-    gets the single one, and the single one gets replica 0's.
+    identical replicas' weights: each of its slot variables appears once
+    per replica, under the same path (Keras names a slot after its weight's
+    path, and the replicas' weights share their paths), the first for
+    replica 0, while the optimizer's own variables (iterations, learning
+    rate) appear once. Both optimizers make their variables in the same
+    loops over the same weights, so the larger side's paths in order of
+    first appearance pair with the smaller side's variables. Each
+    replica's slot gets the single one's value, and the single one gets
+    replica 0's.
     """
     sources, targets = list(sources), list(targets)
     if copies == 1 or len(sources) == len(targets):
         _copy_values(sources, targets, "optimizer state")
         return
     many, one = (sources, targets) if len(sources) > len(targets) else (targets, sources)
-    body = (len(many) - len(one)) // (copies - 1)
-    head = len(one) - body
-    if body < 0 or head < 0 or len(many) != head + copies * body:
+    uses = {}
+    for variable in many:
+        uses.setdefault(variable.path, []).append(variable)
+    groups = list(uses.values())
+    if len(groups) != len(one) or any(len(group) not in (1, copies) for group in groups):
         raise ValueError(f"Cannot copy optimizer state between {len(sources)} and {len(targets)} "
-                         f"variables for {copies} replicas.")
+                         f"variables for {copies} replicas: their paths do not pair up.")
     if many is sources:  # back to the caller: replica 0's
-        _copy_values(many[:head + body], one, "optimizer state")
+        _copy_values([group[0] for group in groups], one, "optimizer state")
         return
-    _copy_values(one[:head], many[:head], "optimizer state")
-    for r in range(copies):
-        start = head + r * body
-        _copy_values(one[head:], many[start:start + body], "optimizer state")
+    for variable, group in zip(one, groups):
+        _copy_values([variable] * len(group), group, "optimizer state")
 
 
 def _copy_values(sources, targets, what: str) -> None:

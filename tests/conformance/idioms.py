@@ -547,6 +547,33 @@ def odd_dataset_data():
     return train, None, {"validation_data": (x[:20], y[:20]), "batch_size": None}
 
 
+# --- optimizer recipes ---------------------------------------------------
+
+
+def clipped(optimizer):
+    """The softmax MLP with an optimizer that clips: the limits are small
+    enough that every step clips (the batch's gradient norm is ~1), so a
+    clip of each replica's share instead of the batch's shows."""
+    def build():
+        model = softmax_sparse()
+        model.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+    return build
+
+
+def transformer_recipe():
+    # The recipe Transformers are trained with: AdamW, linear warmup then
+    # cosine decay, global_clipnorm=1.0 (the batch's gradient norm starts
+    # near 11 on this model, so it clips).
+    model = transformer_classifier(0.0)()
+    schedule = keras.optimizers.schedules.CosineDecay(
+        1e-4, decay_steps=8, warmup_target=2e-3, warmup_steps=4, alpha=0.1)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01, global_clipnorm=1.0),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
 # --- model structure -----------------------------------------------------
 
 
@@ -647,6 +674,18 @@ IDIOMS = [
     Idiom("uneven last batch, validation_split", _seeded(softmax_sparse), short_batches_data),
     Idiom("Dataset.batch(33), one-sample last batch, conv", _seeded(conv_net), odd_dataset_data,
           atol=ADAM_ATOL),
+    Idiom("global_clipnorm, SGD", _seeded(clipped(lambda: keras.optimizers.SGD(0.5, global_clipnorm=0.05))),
+          plain_data),
+    Idiom("clipnorm, Adam", _seeded(clipped(lambda: keras.optimizers.Adam(0.01, clipnorm=0.02))),
+          plain_data, atol=ADAM_ATOL),
+    Idiom("clipvalue, SGD", _seeded(clipped(lambda: keras.optimizers.SGD(0.5, clipvalue=0.01))),
+          plain_data),
+    Idiom("gradient_accumulation_steps=2, SGD",
+          _seeded(clipped(lambda: keras.optimizers.SGD(0.05, gradient_accumulation_steps=2))), plain_data),
+    Idiom("gradient_accumulation_steps=2, AdamW, global_clipnorm",
+          _seeded(clipped(lambda: keras.optimizers.AdamW(0.01, gradient_accumulation_steps=2,
+                                                         global_clipnorm=0.05))),
+          plain_data, atol=ADAM_ATOL),
     Idiom("keras.Model subclass with train_step", _seeded(custom_train_step), plain_data,
           pipelines=r"overrides \['train_step'\] cannot be split", loss_per_replica=True,
           own_train_step=True),
