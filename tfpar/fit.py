@@ -35,15 +35,16 @@ def fit_distributed(
     `class_weight`, `sample_weight`, `initial_epoch`, ...), same `History`.
     `batch_size` is the global batch, split evenly across replicas.
 
-    Build and compile the model as usual, outside any strategy scope: tfpar
-    recreates it under the strategy with identical weights, optimizer
-    configuration and state, loss and metrics, trains that twin, then writes
-    the trained weights and optimizer state back, so `model.evaluate`,
-    `model.predict` or `model.save` right after see the trained model.
-    Callbacks receive the twin during training (`self.model` is it) and the
-    caller's model afterwards. If training raises, the caller's model is left
-    exactly as it was. A model built inside a strategy's scope is trained in
-    place under that strategy.
+    Build and compile the model as usual, outside any strategy scope. Data
+    parallel strategies train the caller's model object itself, its
+    variables moved into the strategy's scope for the duration
+    (`tfpar.in_place`); pipelines train a twin placed on their devices with
+    identical weights, optimizer configuration and state, loss and metrics,
+    and write the trained weights and optimizer state back (callbacks see
+    the twin during training). Either way `model.evaluate`, `model.predict`
+    or `model.save` right after see the trained model. If training raises,
+    the caller's model is left exactly as it was. A model built inside a
+    strategy's scope is trained as it is under that strategy.
 
     With data parallel, a batch the replicas do not divide (an epoch's last,
     a small validation set) is padded to equal shares with weight-0 samples,
@@ -110,19 +111,25 @@ def fit_distributed(
     if state is not None:
         checkpoint.restore(model, state)
     trained = model if home else runner.recreate(model)
-    with chief.only_chief_writes(fit_kwargs.get("callbacks"), writer):
-        if checkpoint_dir:
-            history = checkpoint.resumable_fit(
-                lambda xs, ys, kwargs: runner.fit(trained, xs, ys, kwargs), x, y, fit_kwargs,
-                checkpoint_dir, checkpoint_every, start_step=state.step if state else 0, writer=writer,
-            )
-        else:
-            history = runner.fit(trained, x, y, fit_kwargs)
+    try:
+        with chief.only_chief_writes(fit_kwargs.get("callbacks"), writer):
+            if checkpoint_dir:
+                history = checkpoint.resumable_fit(
+                    lambda xs, ys, kwargs: runner.fit(trained, xs, ys, kwargs), x, y, fit_kwargs,
+                    checkpoint_dir, checkpoint_every, start_step=state.step if state else 0,
+                    writer=writer,
+                )
+            else:
+                history = runner.fit(trained, x, y, fit_kwargs)
+    except BaseException:
+        if not home:
+            runner.discard(trained, model)
+        raise
     if checkpoint_dir and writer:
         checkpoint.clear(checkpoint_dir)
     if home:
         return history
-    replica.write_back(trained, model)
+    runner.write_back(trained, model)
     _hand_over(model, history, fit_kwargs.get("callbacks"))
     return history
 

@@ -2,9 +2,9 @@
 `model.evaluate`, spread over devices by a strategy.
 
 They are to `predict` and `evaluate` what `fit_distributed` is to `fit`:
-same arguments, same results, the caller's model untouched. tfpar recreates
-the model under the strategy with the same weights and runs Keras' own
-method on that twin. Data parallel strategies give each replica an equal
+same arguments, same results, the caller's model untouched. tfpar runs
+Keras' own method on the caller's model moved into the strategy's scope
+(data parallel) or on a placed twin of it (pipelines). Data parallel strategies give each replica an equal
 share of every batch. Pipelines (`GPipe`) cut each batch into M micro-batches
 that flow through the stages concurrently: while stage 1 predicts
 micro-batch 0, stage 0 already runs micro-batch 1; `ModelSplit` (M = 1)
@@ -48,8 +48,12 @@ def predict_distributed(model: keras.Model, x, *, strategy="mirrored", **predict
         ...                                         strategy=tfpar.strategies.DataParallel(2))
     """
     checks.keras_arguments("predict_distributed", "predict", predict_kwargs, _PREDICT_ARGS)
-    twin, runner = _twin(model, x, strategy)
-    return runner.predict(twin, x, predict_kwargs)
+    twin, runner, home = _twin(model, x, strategy)
+    try:
+        return runner.predict(twin, x, predict_kwargs)
+    finally:
+        if not home:
+            runner.discard(twin, model)
 
 
 def evaluate_distributed(model: keras.Model, x=None, y=None, *, strategy="mirrored",
@@ -77,8 +81,12 @@ def evaluate_distributed(model: keras.Model, x=None, y=None, *, strategy="mirror
             "model.compile(loss=..., metrics=...) first, as for model.evaluate. "
             "Received: an uncompiled model."
         )
-    twin, runner = _twin(model, x, strategy)
-    return runner.evaluate(twin, x, y, evaluate_kwargs)
+    twin, runner, home = _twin(model, x, strategy)
+    try:
+        return runner.evaluate(twin, x, y, evaluate_kwargs)
+    finally:
+        if not home:
+            runner.discard(twin, model)
 
 
 def _twin(model: keras.Model, x, strategy):
@@ -87,11 +95,11 @@ def _twin(model: keras.Model, x, strategy):
     inputs.check_shapes(model, x)
     runner = contract.for_strategy(strategy)
     if fit_lib.home_strategy(model) is strategy:
-        return model, runner
+        return model, runner, True
     fit_lib.build_from_data(model, x)
     if not model.built:
         raise ValueError(
             f"Model {model.name!r} must be built before it is run under a strategy: give "
             "it a keras.Input(...) or call model.build(input_shape) (or fit it first)."
         )
-    return runner.recreate(model), runner
+    return runner.recreate(model), runner, False

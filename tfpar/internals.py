@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.backend.tensorflow.trainer import reduce_per_replica as _reduce_per_replica
 from keras.src.losses.loss import unscale_loss_for_distribution
@@ -32,12 +33,14 @@ __all__ = [
     "added_losses",
     "builds_by_running",
     "call_has_training_arg",
+    "clip_norm_over",
     "communication_options",
     "compile_config",
     "compute_loss",
     "cross_device_ops",
     "home_strategy",
     "inbound_node_count",
+    "is_initialized",
     "is_functional",
     "keras_logits",
     "loss_tracker",
@@ -45,10 +48,14 @@ __all__ = [
     "output_structure",
     "override_symbolic_build",
     "per_replica",
+    "recreate_variable",
     "set_collective_key_base",
     "set_communication_options",
+    "set_home_strategy",
     "set_cross_device_ops",
     "standardize_inputs",
+    "sublayers",
+    "summed_update_optimizer",
     "symbolic_build",
     "unscale_loss_for_distribution",
 ]
@@ -88,6 +95,25 @@ def compile_config(model: keras.Model) -> dict:
 def home_strategy(model: keras.Model):
     """The tf.distribute strategy whose scope built `model`, or None."""
     return getattr(model, "_distribute_strategy", None)
+
+
+def set_home_strategy(model: keras.Model, strategy) -> None:
+    """Makes `strategy` the one `model` trains under (None: the default),
+    as if the model had been built in its scope."""
+    model._distribute_strategy = strategy  # pylint: disable=protected-access
+
+
+def recreate_variable(variable: keras.Variable) -> None:
+    """Re-creates a Keras variable's TensorFlow variable with its current
+    value, in the current scope: inside a strategy's, a distributed
+    variable of that strategy; outside, a plain one. The Keras variable
+    object, which layers and optimizers hold, stays the same."""
+    variable._initialize(np.asarray(variable.value.numpy()))  # pylint: disable=protected-access
+
+
+def is_initialized(variable) -> bool:
+    """False for a Keras variable whose value is not created yet (deferred)."""
+    return getattr(variable, "_value", True) is not None
 
 
 def loss_tracker(model: keras.Model) -> keras.metrics.Metric:
@@ -381,3 +407,18 @@ class _SummedUpdates:
 
     def _accumulators(self, trainable_variables):
         return [self._accumulated_gradients[self._get_variable_index(v)] for v in trainable_variables]
+
+
+def graph_nodes(model: keras.Model) -> list:
+    """The calls (Keras nodes) of a functional model's own graph, in the
+    order the model runs them (deepest first). A layer called twice in it
+    (shared) has a node for each call; of a layer also called in another
+    graph (inside a nested model), only this graph's calls are listed.
+    Each node has `operation`, `input_tensors` and `outputs`."""
+    by_depth = model._nodes_by_depth  # pylint: disable=protected-access
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def sublayers(layer: keras.layers.Layer) -> list:
+    """`layer` and every layer inside it, depth first (Keras' own walk)."""
+    return list(layer._flatten_layers(include_self=True, recursive=True))  # pylint: disable=protected-access

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import tempfile
 from collections.abc import Callable
 
 import keras
@@ -152,10 +153,9 @@ def _check_same_class(model: keras.Model, twin: keras.Model) -> None:
     raise RecreateError(
         f"tfpar could not recreate model {model.name!r} under the strategy: keras.models.clone_model "
         f"rebuilds its class {type(model).__name__} as a plain {type(twin).__name__}, which would "
-        f"train without the methods it defines ({own}). Build and compile the model inside "
-        "`strategy.scope()` and pass that strategy (fit_distributed then uses the model as it is), "
-        "or subclass keras.Model with the functional API (MyModel(inputs, outputs)), which Keras "
-        "clones as its own class.")
+        f"train without the methods it defines ({own}). Train it data parallel (DataParallel, "
+        "MultiWorker), which trains the model object itself, or subclass keras.Model with the "
+        "functional API (MyModel(inputs, outputs)), which Keras clones as its own class.")
 
 
 class RecreateError(ValueError):
@@ -170,8 +170,8 @@ def _not_recreated(model: keras.Model, error: Exception) -> RecreateError:
         + ("A subclassed model needs get_config()/from_config(); alternatively "
            if subclassed else "Check that each custom layer's get_config() returns "
            "its constructor arguments; alternatively ")
-        + "build and compile the model inside `strategy.scope()` and pass that "
-        "strategy, and fit_distributed uses the model as it is."
+        + "train it data parallel (DataParallel, MultiWorker), which trains the model "
+        "object itself and never rebuilds it."
     )
 
 
@@ -195,7 +195,53 @@ def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         twin = _from_own_arguments(layer, config, error)
     if layer.built and not twin.built and not internals.builds_by_running(twin):
         twin.build_from_config(layer.get_build_config())
+    copy_assets(layer, twin)
     return twin
+
+
+def copy_assets(layer: keras.layers.Layer, twin: keras.layers.Layer) -> None:
+    """Gives `twin` the state of `layer` that neither its config nor its
+    weights hold: an adapted vocabulary (TextVectorization, StringLookup,
+    IntegerLookup, keras_hub tokenizers), through the layer's own
+    `save_assets` / `load_assets`, as `keras.models.load_model` restores it.
+
+    Without it the twin's lookup table is never initialised, and its first
+    lookup fails (FailedPreconditionError at LookupTableFindV2). Like
+    Keras' loading, each layer of the tree with assets (a
+    TextVectorization and the StringLookup inside it) loads its own, after
+    its own variables (a TF-IDF lookup's weights, which its assets use).
+
+    Example:
+        >>> lookup = keras.layers.StringLookup()
+        >>> lookup.adapt(["b", "a", "b"])
+        >>> twin = keras.layers.StringLookup.from_config(lookup.get_config())
+        >>> copy_assets(lookup, twin)
+        >>> twin.get_vocabulary()
+        ['[UNK]', 'b', 'a']
+
+    Raises:
+      RecreateError: the twin's layers with assets do not pair up with the
+        layer's (a layer that makes them on its first call).
+    """
+    sources = [l for l in internals.sublayers(layer) if hasattr(l, "load_assets")]
+    if not sources:
+        return
+    targets = [l for l in internals.sublayers(twin) if hasattr(l, "load_assets")]
+    if [type(l) for l in sources] != [type(l) for l in targets]:
+        raise RecreateError(
+            f"tfpar could not give the twin of layer {layer.name!r} its assets (vocabulary): "
+            "the layers with assets inside it and inside its twin rebuilt from get_config() "
+            "must pair up. Received: "
+            f"{[l.name for l in sources]} and {[l.name for l in targets]}. Make the layer "
+            "create its sublayers in __init__, or train it data parallel (DataParallel, "
+            "MultiWorker), which trains the model object itself.")
+    for source, target in zip(sources, targets):
+        store = {}
+        source.save_own_variables(store)
+        target.load_own_variables(store)
+        with tempfile.TemporaryDirectory(prefix="tfpar-assets-") as directory:
+            source.save_assets(directory)
+            target.load_assets(directory)
 
 
 _BASE_ARGUMENTS = ("name", "trainable", "dtype")

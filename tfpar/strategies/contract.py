@@ -1,8 +1,10 @@
 """The small contract every strategy meets inside `fit_distributed`.
 
 A strategy object knows how to check the fit arguments against its layout,
-recreate the caller's model, and run Keras' fit, predict and evaluate on
-what it recreated. tfpar's own strategies that are not `tf.distribute`
+make the model that trains from the caller's (the caller's own under a
+`tf.distribute` strategy, a placed twin for a pipeline), run Keras' fit,
+predict and evaluate on it, and leave the caller's model trained (or, after
+a failure, untouched). tfpar's own strategies that are not `tf.distribute`
 strategies (ModelSplit, GPipe) implement these methods; `for_strategy`
 adapts any `tf.distribute.Strategy` to them.
 """
@@ -15,7 +17,7 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
-from tfpar import inputs, replica
+from tfpar import in_place, inputs
 from tfpar.strategies import compression, replica_steps, speed_shares
 from tfpar.strategies.equal_shares import equal_shares
 from tfpar.strategies.worker_steps import worker_steps_installed
@@ -24,7 +26,15 @@ from tfpar.strategies.worker_steps import worker_steps_installed
 class Runner(Protocol):
     def check_fit(self, x, fit_kwargs: dict) -> None: ...
 
-    def recreate(self, model: keras.Model) -> keras.Model: ...
+    def recreate(self, model: keras.Model) -> keras.Model:
+        """The model that trains: the caller's own, moved into the
+        strategy's scope, or a twin (a pipeline) built from it."""
+
+    def write_back(self, trained: keras.Model, model: keras.Model) -> None:
+        """After training: the caller's `model` holds the trained state."""
+
+    def discard(self, trained: keras.Model, model: keras.Model) -> None:
+        """After a failed fit, or a prediction: `model` is as it was."""
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History: ...
 
@@ -101,10 +111,12 @@ def check_share_divisible(batch: int | None, replicas: int, microbatches: int) -
 
 
 class _Distribute:
-    """A `tf.distribute.Strategy` as a runner: a twin built in its scope."""
+    """A `tf.distribute.Strategy` as a runner: the caller's model itself,
+    its variables moved into the strategy's scope (`in_place`)."""
 
     def __init__(self, strategy: tf.distribute.Strategy):
         self.strategy = strategy
+        self._adoption = None
 
     def check_fit(self, x, fit_kwargs: dict) -> None:
         replicas = self.strategy.num_replicas_in_sync
@@ -119,7 +131,14 @@ class _Distribute:
                            getattr(self.strategy, "microbatches", 1))
 
     def recreate(self, model: keras.Model) -> keras.Model:
-        return replica.recreate(model, self.strategy.scope())
+        self._adoption = in_place.Adoption(model, self.strategy)
+        return self._adoption.adopt()
+
+    def write_back(self, trained: keras.Model, model: keras.Model) -> None:
+        self._adoption.release(trained=True)
+
+    def discard(self, trained: keras.Model, model: keras.Model) -> None:
+        self._adoption.release(trained=False)
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         replica_steps.check_own_train_step(model, getattr(self.strategy, "microbatches", 1))

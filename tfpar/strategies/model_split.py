@@ -157,6 +157,12 @@ class ModelSplit:
         return replica.recreate(model, contextlib.nullcontext(), wrap=pipeline,
                                 **placed(self.groups[0]))
 
+    def write_back(self, trained: keras.Model, model: keras.Model) -> None:
+        replica.write_back(trained, model)
+
+    def discard(self, trained: keras.Model, model: keras.Model) -> None:
+        """The caller's model was never touched: the pipeline trains a twin."""
+
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         if self.multi_worker:
             x, y, fit_kwargs = worker_shards.shard_fit(x, y, fit_kwargs, self.multi_worker.config)
