@@ -78,6 +78,13 @@ def test_functional_graph_accessors():
     holds([tuple(t.shape) for t in flat] == [(1, 3), (1, 2)], "standardize_inputs orders inputs")
     holds(set(internals.output_structure(model)) == {"p", "q"}, "output_structure")
     holds(internals.inbound_node_count(shared) == 2, "inbound_node_count of a shared layer")
+    nodes = [n for n in internals.graph_nodes(model) if n.operation is shared]
+    holds(len(nodes) == 2 and {id(n.outputs[0]) for n in nodes} == {id(t) for t in outputs.values()}
+          and id(b) in {id(t) for n in nodes for t in n.input_tensors},
+          "graph_nodes: each call of a shared layer")
+    outer = keras.Model({"a": a, "b": b}, shared(model({"a": a, "b": b})["p"]))
+    holds(sum(n.operation is shared for n in internals.graph_nodes(outer)) == 1,
+          "graph_nodes: a nested model's calls are its own")
 
 
 def test_added_losses_and_keras_logits():
@@ -147,22 +154,23 @@ def test_the_optimizer_methods_summed_updates_override():
     holds(optimizer._distribution_strategy is not None, "the optimizer's strategy")  # noqa: SLF001
 
 
-def test_optimizer_slots_are_named_after_their_weights_in_the_order_of_the_weights():
-    # replica._copy_optimizer_state pairs the optimizer state of replicas
-    # (weights of the same paths) with one model's on this.
+def test_optimizer_slots_are_named_after_their_weights():
+    # replica._slot_keys reads which weight a slot belongs to from its path
+    # (Keras' add_variable_from_reference names it after the weight), and
+    # internals.optimized_variables lists the weights a built optimizer updates.
+    import re
+
     for make in (keras.optimizers.Adam, lambda: keras.optimizers.SGD(momentum=0.9), keras.optimizers.RMSprop,
-                 lambda: keras.optimizers.AdamW(gradient_accumulation_steps=2, use_ema=True)):
-        def weights():
-            return [keras.Variable(np.zeros(2), name="a"), keras.Variable(np.zeros(3), name="b")]
-        one, two = make(), make()
-        one.build(weights())
-        two.build(weights() + weights())
-        first_seen = list(dict.fromkeys(v.path for v in two.variables))
-        own = lambda path: path.split("/", 1)[-1]  # noqa: E731  (each optimizer names its own)
-        holds([own(p) for p in first_seen] == [own(v.path) for v in one.variables],
-              f"{type(one).__name__}'s paths pair up")
-        counts = [sum(v.path == path for v in two.variables) for path in first_seen]
-        holds(set(counts) == {1, 2}, f"{type(one).__name__}: own variables once, slots per replica")
+                 lambda: keras.optimizers.AdamW(gradient_accumulation_steps=2, use_ema=True),
+                 keras.optimizers.Adafactor):
+        optimizer = make()
+        weights = [keras.Variable(np.zeros((1, 1)), name=f"tfpar_probe_{j}_") for j in range(2)]
+        optimizer.build(weights)
+        holds(internals.optimized_variables(optimizer) == weights, "optimized_variables")
+        owners = [re.search(r"tfpar_probe_(\d+)_", v.path) for v in optimizer.variables]
+        slots = [int(o.group(1)) for o in owners if o]
+        holds(sorted(set(slots)) == [0, 1] and slots.count(0) == slots.count(1),
+              f"{type(optimizer).__name__}'s slots are named after their weights")
 
 
 def private_reaches(package) -> list[str]:

@@ -312,6 +312,13 @@ def summed_update_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.opti
     return _summed_class(type(optimizer)).from_config(optimizer.get_config())
 
 
+def optimized_variables(optimizer: keras.optimizers.Optimizer) -> list:
+    """The weights a built optimizer updates, in the order it was built with."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return list(optimizer._trainable_variables)  # pylint: disable=protected-access
+
+
 def clip_norm_over(optimizer: keras.optimizers.Optimizer, variables) -> None:
     """Makes a `summed_update_optimizer`'s `global_clipnorm` measure the
     norm of these variables' gradients only: an optimizer over several
@@ -320,6 +327,26 @@ def clip_norm_over(optimizer: keras.optimizers.Optimizer, variables) -> None:
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         optimizer = optimizer.inner_optimizer
     optimizer.norm_keys = {optimizer._var_key(v) for v in variables}  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def rows_added_across_replicas(optimizer: keras.optimizers.Optimizer, variables):
+    """For the duration (a train step's `apply`), the gradients of
+    `variables` are lookups made once per replica with ids that do not
+    depend on the batch (`tfpar.lookups`): a `summed_update_optimizer` adds
+    up the replicas' rows after the all-reduce (which puts them side by
+    side), leaving one device's rows. Other optimizers (a model built in a
+    strategy's scope, trained as native Keras trains it) are left alone."""
+    inner = (optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+             else optimizer)
+    if not isinstance(inner, _SummedUpdates):
+        yield
+        return
+    inner.shared_rows = frozenset(inner._var_key(v) for v in variables)  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        inner.shared_rows = frozenset()
 
 
 _SUMMED_CLASSES = {}
@@ -337,15 +364,24 @@ class _SummedUpdates:
     into the user's optimizer class by `summed_update_optimizer`)."""
 
     norm_keys = None  # global_clipnorm over all variables
+    shared_rows = frozenset()  # see rows_added_across_replicas
 
     def _clip_gradients(self, grads):
         # Deferred: `_backend_update_step` clips once the replicas are summed.
         return grads
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        self._update_summed(self._summed(grads, trainable_variables), trainable_variables, learning_rate)
+
+    def _summed(self, grads, trainable_variables):
+        """The replicas' sum of each gradient, as one device computes it."""
         variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-        pairs = self._all_reduce_sum_gradients(list(zip(grads, variables)))
-        self._update_summed([g for g, _ in pairs], trainable_variables, learning_rate)
+        summed = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        return [_rows_added(g, local, replicas)
+                if replicas > 1 and isinstance(g, tf.IndexedSlices) and self._var_key(v) in self.shared_rows
+                else g for g, local, v in zip(summed, grads, trainable_variables)]
 
     def _update_summed(self, grads, trainable_variables, learning_rate):
         grads = self._clip_summed(grads, trainable_variables)
@@ -373,8 +409,7 @@ class _SummedUpdates:
             return super()._backend_apply_gradients(grads, trainable_variables)
         # Summed once, outside control flow; the update-or-accumulate cond
         # runs in cross-replica context, each branch back in the replicas.
-        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-        grads = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
+        grads = self._summed(grads, trainable_variables)
         context.merge_call(self._accumulate_or_update, args=(grads, trainable_variables))
         if self.use_ema:
             self._update_model_variables_moving_average(self._trainable_variables)
@@ -422,3 +457,11 @@ def graph_nodes(model: keras.Model) -> list:
 def sublayers(layer: keras.layers.Layer) -> list:
     """`layer` and every layer inside it, depth first (Keras' own walk)."""
     return list(layer._flatten_layers(include_self=True, recursive=True))  # pylint: disable=protected-access
+
+
+def _rows_added(summed: tf.IndexedSlices, local: tf.IndexedSlices, replicas: int) -> tf.IndexedSlices:
+    """The all-reduce's `replicas` blocks of the same ids, added up."""
+    rows = tf.shape(local.indices)[0]
+    values = tf.reduce_sum(tf.reshape(summed.values, tf.concat([[replicas, rows], tf.shape(summed.values)[1:]], 0)),
+                           axis=0)
+    return tf.IndexedSlices(values, summed.indices[:rows], summed.dense_shape)

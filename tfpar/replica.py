@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 import tempfile
 from collections.abc import Callable
 
@@ -80,8 +81,7 @@ def recreate(
             internals.clip_norm_over(trained.optimizer, trained.primary.trainable_variables)
         if model.optimizer.built:
             trained.optimizer.build(trained.trainable_variables)
-            _copy_optimizer_state(model.optimizer.variables, trained.optimizer.variables,
-                                  _copies(trained))
+            _copy_optimizer_state(model.optimizer, trained.optimizer, _copies(trained))
     return trained
 
 
@@ -108,8 +108,7 @@ def write_back(trained: keras.Model, model: keras.Model) -> None:
     if trained.optimizer.built:
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        _copy_optimizer_state(trained.optimizer.variables, model.optimizer.variables,
-                              _copies(trained))
+        _copy_optimizer_state(trained.optimizer, model.optimizer, _copies(trained))
 
 
 def _copies(trained: keras.Model) -> int:
@@ -216,7 +215,7 @@ def copy_assets(layer: keras.layers.Layer, twin: keras.layers.Layer) -> None:
         >>> lookup.adapt(["b", "a", "b"])
         >>> twin = keras.layers.StringLookup.from_config(lookup.get_config())
         >>> copy_assets(lookup, twin)
-        >>> twin.get_vocabulary()
+        >>> [str(word) for word in twin.get_vocabulary()]
         ['[UNK]', 'b', 'a']
 
     Raises:
@@ -291,37 +290,56 @@ def _fresh_metrics(metrics):
     return metrics
 
 
-def _copy_optimizer_state(sources, targets, copies: int = 1) -> None:
-    """Copies optimizer variables between a model and its twin.
+def _copy_optimizer_state(source, target, copies: int = 1) -> None:
+    """Copies the state of optimizer `source` into optimizer `target`.
 
-    With `copies` > 1 the larger side is one optimizer over `copies`
-    identical replicas' weights: each of its slot variables appears once
-    per replica, under the same path (Keras names a slot after its weight's
-    path, and the replicas' weights share their paths), the first for
-    replica 0, while the optimizer's own variables (iterations, learning
-    rate) appear once. Both optimizers make their variables in the same
-    loops over the same weights, so the larger side's paths in order of
-    first appearance pair with the smaller side's variables. Each
-    replica's slot gets the single one's value, and the single one gets
-    replica 0's.
+    With `copies` > 1 the optimizer with more variables is one over `copies`
+    identical replicas' weights (a pipeline trained data parallel), the other
+    over one model's. Which of its variables is which weight's slot is
+    read from the optimizer itself: `_slot_keys` builds a probe of the
+    same class and configuration over stand-ins named after their position
+    and reads each slot's owner from its name. Each replica's slot gets the
+    single one's value; the single one gets replica 0's.
     """
-    sources, targets = list(sources), list(targets)
+    sources, targets = list(source.variables), list(target.variables)
     if copies == 1 or len(sources) == len(targets):
         _copy_values(sources, targets, "optimizer state")
         return
-    many, one = (sources, targets) if len(sources) > len(targets) else (targets, sources)
-    uses = {}
-    for variable in many:
-        uses.setdefault(variable.path, []).append(variable)
-    groups = list(uses.values())
-    if len(groups) != len(one) or any(len(group) not in (1, copies) for group in groups):
+    many, one = (source, target) if len(sources) > len(targets) else (target, source)
+    weights = len(internals.optimized_variables(one))
+    many_keys = _slot_keys(many, internals.optimized_variables(many), weights)
+    one_keys = _slot_keys(one, internals.optimized_variables(one), weights)
+    position = {key: index for index, key in enumerate(one_keys)}
+    if set(many_keys) != set(one_keys) or len(one_keys) != len(position):
         raise ValueError(f"Cannot copy optimizer state between {len(sources)} and {len(targets)} "
-                         f"variables for {copies} replicas: their paths do not pair up.")
-    if many is sources:  # back to the caller: replica 0's
-        _copy_values([group[0] for group in groups], one, "optimizer state")
+                         f"variables for {copies} replicas: their slots do not pair up.")
+    pairs = [(variable, one.variables[position[key]]) for variable, key in zip(many.variables, many_keys)]
+    if many is source:  # back to the caller: replica 0's (the first of each key)
+        firsts = {}
+        for variable, single in pairs:
+            firsts.setdefault(id(single), (variable, single))
+        _copy_values(*zip(*firsts.values()), "optimizer state")
         return
-    for variable, group in zip(one, groups):
-        _copy_values([variable] * len(group), group, "optimizer state")
+    _copy_values([single for _, single in pairs], [variable for variable, _ in pairs], "optimizer state")
+
+
+def _slot_keys(optimizer, variables, weights: int) -> list:
+    """For each of `optimizer`'s variables, in order: (index of its weight
+    within one model's `weights` weights, the slot's name), or its own name
+    for the optimizer's own variables (iterations, learning rate)."""
+    probe = optimizer.__class__.from_config(optimizer.get_config())
+    stand_ins = [keras.Variable(np.zeros([1] * len(v.shape), v.dtype), name=f"tfpar_probe_{j}_")
+                 for j, v in enumerate(variables)]
+    probe.build(stand_ins)
+    keys = []
+    for variable in probe.variables:
+        found = re.search(r"tfpar_probe_(\d+)_+(.*)$", variable.path)
+        keys.append((int(found.group(1)) % weights, found.group(2)) if found
+                    else variable.path.split("/", 1)[-1])
+    if len(keys) != len(optimizer.variables):
+        raise ValueError(f"Cannot read the slots of optimizer {optimizer.name!r}: a probe of its class "
+                         f"holds {len(keys)} variables, it holds {len(optimizer.variables)}.")
+    return keys
 
 
 def _copy_values(sources, targets, what: str) -> None:

@@ -31,7 +31,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfpar import internals, microbatch
+from tfpar import internals, lookups, microbatch
 
 
 class ReplicaSteps:
@@ -68,7 +68,7 @@ class ReplicaSteps:
             micro = microbatch.MicroBatches(keras.tree.flatten(x), (y, weights), None, k)
             parts = [(keras.tree.pack_sequence_as(x, micro.x[m]), *micro.y[m]) for m in range(k)]
             shares = [micro.share(m, tf.float32) for m in range(k)]
-        loss, predictions, previous = None, [], []
+        loss, predictions, previous, first_grads = None, [], [], None
         grads = [None] * len(variables)
         for (part_x, part_y, part_weights), share in zip(parts, shares):
             # One micro-batch's activations at a time: its forward waits for
@@ -82,6 +82,9 @@ class ReplicaSteps:
                     part_loss = part_loss * tf.cast(share, part_loss.dtype)
                 scaled = model.optimizer.scale_loss(part_loss)
             part_grads = tape.gradient(scaled, variables) if variables else []
+            # Whose rows are per sample, read from one micro-batch's own
+            # gradients (their combination is a cond over all of them).
+            first_grads = first_grads or part_grads
             grads = [_sum(g, p) for g, p in zip(grads, part_grads)]
             # The next forward waits for the running sums, so that this
             # micro-batch's gradients are added (and freed) first.
@@ -97,7 +100,8 @@ class ReplicaSteps:
             # so the first packs can travel while earlier layers' gradients
             # are still being computed. Each weight's update is its own, so
             # the order changes nothing else.
-            model.optimizer.apply_gradients(zip(grads[::-1], variables[::-1]))
+            with internals.rows_added_across_replicas(model.optimizer, _shared_lookups(first_grads, variables, data)):
+                model.optimizer.apply_gradients(zip(grads[::-1], variables[::-1]))
         else:
             warnings.warn("The model does not have any trainable weights.")
         if k == 1:
@@ -212,6 +216,15 @@ def _track_loss(model, loss, marks) -> None:
     scale = tf.cast(tf.reduce_max(marks), loss.dtype)
     per_real = tf.math.divide_no_nan(internals.unscale_loss_for_distribution(loss) * share, scale * real)
     internals.loss_tracker(model).update_state(per_real, sample_weight=real)
+
+
+def _shared_lookups(grads, variables, data) -> list:
+    """The variables whose sparse gradient comes from ids the batch does not
+    give (positions): each replica has the same rows, which one device has
+    once (`tfpar.lookups`)."""
+    batch = [t for t in keras.tree.flatten(data) if t is not None]
+    return [v for g, v in zip(grads, variables)
+            if isinstance(g, tf.IndexedSlices) and not lookups.depends_on_batch(g.indices, batch)]
 
 
 def _sum(total, grad):
