@@ -87,6 +87,11 @@ def test_functional_graph_accessors():
           "graph_nodes: a nested model's calls are its own")
 
 
+def test_lambda_output_shape():
+    holds(internals.lambda_output_shape(keras.layers.Lambda(lambda t: t, output_shape=(3,))) == (3,),
+          "lambda_output_shape")
+
+
 def test_added_losses_and_keras_logits():
     class AddsLoss(keras.layers.Layer):
         def call(self, inputs):

@@ -207,6 +207,11 @@ def builds_by_running(layer) -> bool:
     return getattr(layer.build, "_is_default", False) and any(not sub.built for sub in layer._layers)  # pylint: disable=protected-access
 
 
+def lambda_output_shape(layer: keras.layers.Lambda):
+    """The `output_shape` a Lambda layer was made with (a shape, a function or None)."""
+    return layer._output_shape  # pylint: disable=protected-access
+
+
 def keras_logits(tensor):
     """The logits a Keras softmax/sigmoid attached to its output, or None.
 

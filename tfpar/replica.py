@@ -187,6 +187,12 @@ def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     """
     if not isinstance(layer, keras.layers.Layer):  # a plain op: no state
         return layer.__class__.from_config(layer.get_config())
+    if isinstance(layer, keras.layers.Lambda):
+        # Its config holds the function's bytecode, which Keras refuses to
+        # load (safe mode); the twin calls the same function object.
+        return keras.layers.Lambda(layer.function, output_shape=internals.lambda_output_shape(layer),
+                                   mask=layer.mask, arguments=layer.arguments, name=layer.name,
+                                   trainable=layer.trainable, dtype=layer.dtype_policy)
     config = layer.get_config()
     try:
         twin = layer.__class__.from_config(config)
