@@ -2,6 +2,7 @@
 
     python tools/conformance_table.py > /tmp/table.md
     python tools/conformance_table.py --multi_worker > /tmp/multi_worker.md
+    python tools/conformance_table.py --only=keras_hub,clip   # rows whose name has either
 
 Trains every idiom of tests/conformance/idioms.py under each in-process
 strategy of tests/conformance/test_conformance.py and against one-device
@@ -76,7 +77,10 @@ def main() -> None:
     names = list(conformance.STRATEGIES)
     print("| idiom | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
+    only = [arg.split("=", 1)[1].split(",") for arg in sys.argv if arg.startswith("--only=")]
     for idiom in conformance.idioms.IDIOMS:
+        if only and not any(part in idiom.name for part in only[0]):
+            continue
         row = [cell(idiom, conformance.STRATEGIES[name]) for name in names]
         print(f"| {idiom.name} | " + " | ".join(row) + " |", flush=True)
 
