@@ -168,6 +168,6 @@ def test_the_mask_op_of_mask_zero_is_no_layer_and_runs_with_its_reader():
     table = tfpar.describe_placement(model, ModelSplit(2, balance=[1, 2]), show=False)
     assert [row[3] for row in table.rows] == [1, 2]
     # The mask feeds the LSTM: it is computed in the LSTM's stage.
-    stages = dict(zip([op.name for op in ops], placement.op_stages(ops, [1, 2])))
+    stages = dict(zip([op.name for op in ops], placement.op_stages(placement.uses(model), [1, 2])))
     mask = next(op.name for op in ops if type(op).__name__ == "NotEqual")
     assert stages == {"embed": 0, mask: 1, "lstm": 1, "head": 1}

@@ -61,15 +61,6 @@ def test_subclassed_model_cannot_be_split():
         tfpar.fit_distributed(net, x, y, strategy=ModelSplit(2), verbose=0)
 
 
-def test_shared_layer_cannot_be_split():
-    shared = keras.layers.Dense(12, name="shared")
-    inp = keras.Input((12,))
-    out = keras.layers.Dense(3)(shared(shared(inp)))
-    m = compile_model(keras.Model(inp, out))
-    with pytest.raises(ValueError, match=r"used more than once.*\['shared'\]"):
-        tfpar.fit_distributed(m, x, y, strategy=ModelSplit(2), verbose=0)
-
-
 def test_sequential_without_input_is_built_from_the_data_as_fit_does():
     def unbuilt():
         keras.utils.set_random_seed(0)

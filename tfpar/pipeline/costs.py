@@ -36,10 +36,15 @@ def layer_costs(ops, kind: str, *, batch_size: int = 32) -> list[float]:
 
 def params(op) -> int:
     """Number of weights (trainable and not) of a layer; 0 for plain ops."""
-    return int(sum(np.prod(w.shape) for w in getattr(op, "weights", [])))
+    return int(sum(size(w) for w in getattr(op, "weights", [])))
 
 
-def flops(op) -> int:
+def size(weight) -> int:
+    """Number of entries of one weight."""
+    return int(np.prod(weight.shape))
+
+
+def flops(op, outputs=None) -> int:
     """Estimated forward FLOPs per sample.
 
     A weight of rank >= 2 is a kernel applied at every output position (a
@@ -48,12 +53,18 @@ def flops(op) -> int:
     last (channel) dimension. Attention adds its score and mix products;
     embeddings and weightless ops cost one FLOP per output element. A nested
     model is the sum of its layers.
+
+    Args:
+      outputs: the outputs of the call to cost, for a layer called more
+        than once (shared); None: its first call's. An embedding called on
+        floating inputs (a tied output projection) is a matrix product.
     """
     if isinstance(op, keras.Model) and hasattr(op, "operations"):
         return sum(flops(inner) for inner in op.operations)
-    outputs = [t for t in keras.tree.flatten(_output(op)) if t is not None]
+    outputs = [t for t in keras.tree.flatten(_output(op) if outputs is None else outputs)
+               if t is not None]
     elements = sum(_per_sample(t.shape) for t in outputs)
-    if isinstance(op, keras.layers.Embedding):
+    if isinstance(op, keras.layers.Embedding) and not _projects(outputs, op):
         return elements
     kernel = sum(int(np.prod(w.shape)) for w in getattr(op, "trainable_weights", []) if len(w.shape) >= 2)
     channels = outputs[0].shape[-1] if outputs and len(outputs[0].shape) > 1 else 1
@@ -87,6 +98,13 @@ def _wait(result) -> None:
     for t in keras.tree.flatten(result):
         if t is not None:
             np.asarray(t)  # the value exists only once computed
+
+
+def _projects(outputs, op) -> bool:
+    """Whether an embedding's call projected onto its vocabulary (its
+    output's last dimension is the table's row count, not its width)."""
+    width = getattr(op, "output_dim", None)
+    return bool(outputs) and outputs[0].shape[-1] not in (None, width)
 
 
 def _output(op):

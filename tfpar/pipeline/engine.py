@@ -8,9 +8,10 @@
    schedule gives (`schedule.py`), each on its stage's device with a tape of
    its own (`step.py`; with `rematerialize`, `remat.py`; under "zb1" the
    backward's weight half deferred, `split_backward.py`);
-3. sums the gradients over micro-batches, checks that exactly the weights
-   one device trains got one (`gradients.py`), and applies one optimizer
-   update;
+3. sums the gradients over micro-batches (and, for a shared layer's
+   weights, over the stages that use them), checks that exactly the
+   weights one device trains got one (`gradients.py`), and applies one
+   optimizer update;
 4. with `record_timeline`, stamps each task's start and end (`timeline.py`).
 
 Inference (`evaluate`, `predict`, validation) pipelines the forward pass
@@ -98,7 +99,9 @@ class _Plan:
     def check_gradients(self, grads) -> None:
         """Raises unless exactly the weights that get a gradient on one
         device got one here (in every replica)."""
-        where = {name: stage.index for stage in self.graph.stages for name in stage.layer_names}
+        where = {}
+        for stage in self.graph.stages:  # a shared layer's: where it is held
+            where.update({name: stage.index for name in stage.layer_names if name not in where})
         expected = None
         if self.expected_gradients is not None:
             expected = self.expected_gradients * len(self.graphs)
@@ -336,14 +339,16 @@ class PipelineModel(keras.Model):
 
     def _all_reduced(self, steps: list, stamps: list, ends: dict) -> list:
         """Each replica's gradients summed with the other replicas', stage by
-        stage, as soon as the stage's last backward is done. `ends`: each
+        stage, as soon as the stage's last backward is done; a shared layer's
+        weights with the stage holding them, the first that uses them, whose
+        backward is the last to add to their sum. `ends`: each
         (replica, stage)'s last task's end stamp, which the all-reduce's
         start stamp follows (the gradients can exist before that stamp is
         read, and the interval would start before the backward's end)."""
         plan, k = self._plan, len(self._plan.graph.stages)
         reduced = {}
         for s in reversed(range(k)):
-            variables = [list(step.graph.stages[s].model.trainable_variables) for step in steps]
+            variables = [step.graph.stages[s].owned_variables for step in steps]
             local = [step.gradients(v) for step, v in zip(steps, variables)]
             starts = None
             if plan.timeline is not None:
