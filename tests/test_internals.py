@@ -232,3 +232,14 @@ def test_array_adapter_accessors():
     holds(np.asarray(packed[2]).tolist() == [1.0, 3.0] * 5, "class weights as sample weights")
     first = next(iter(adapter.get_tf_dataset()))
     holds(first[0].numpy()[:, 0].tolist() == [0, 1, 2, 3], "ArrayDataAdapter's tf.data batches")
+
+
+def test_sublayers_walks_a_layer_and_the_layers_inside_it():
+    # replica.copy_assets pairs a layer's and its twin's layers with assets
+    # (a TextVectorization's vocabulary lives in the StringLookup inside it).
+    vectorize = keras.layers.TextVectorization(max_tokens=8)
+    found = internals.sublayers(vectorize)
+    holds([type(layer).__name__ for layer in found] == ["TextVectorization", "StringLookup"],
+          "sublayers (Layer._flatten_layers)")
+    holds(internals.sublayers(keras.layers.Dense(2))[0].__class__ is keras.layers.Dense,
+          "sublayers includes the layer itself")
