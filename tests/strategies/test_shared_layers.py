@@ -196,3 +196,21 @@ def test_gpt2_causal_lm_with_tied_embeddings_trains_exactly_like_one_device(kind
     assert moved > 1e-3
     np.testing.assert_allclose(np.abs(weights_of(model)[embedding] - before[embedding]).max(),
                                moved, rtol=1e-3)
+
+
+def test_a_weight_read_behind_its_layers_back_is_refused_not_dropped():
+    # A stage that reads a model weight none of its layers tracks could not
+    # give it that use's gradient: the first trace of the step refuses.
+    import tensorflow as tf
+
+    from tfpar.pipeline import placement, step
+
+    model = build("tied")
+    graph = placement.build_stages(model, ["/device:CPU:0", "/device:CPU:1"], BALANCE["tied"])
+    second = graph.stages[1]
+    own = [v for v in second.model.trainable_variables if v.path != "tied/table"]
+    with tf.GradientTape() as tape:
+        second.model([tf.ones((1, LENGTH, 6))])
+    step._check_weights_known(second, tape, second.model.trainable_variables, model.trainable_variables)
+    with pytest.raises(ValueError, match=r"must belong to one of its layers.*stage 1 .*\['tied/table'\]"):
+        step._check_weights_known(second, tape, own, model.trainable_variables)

@@ -112,6 +112,7 @@ class Step:
                 inputs, tape, outputs, added = remat.recompute(stage, inputs, state, arrived)
             else:
                 inputs, tape, outputs, added = self.saved.pop((index, micro))
+            _check_weights_known(stage, tape, variables, self.variables)
             # Only outputs that received a gradient are differentiated: a
             # missing upstream gradient is never replaced by zeros (the
             # gradient check of the train step names what goes missing).
@@ -200,6 +201,25 @@ class Step:
     def outputs(self) -> list:
         """Per model output, this replica's micro-batches' tensors, in order."""
         return [[env[k] for env in self.env] for k in self.graph.output_keys]
+
+
+def _check_weights_known(stage, tape, variables, trained) -> None:
+    """Raises if the stage's call read one of the model's trainable weights
+    (`trained`) that none of the stage's layers tracks (`variables`): this
+    stage's share of its gradient would be lost, and a gradient is never
+    dropped silently."""
+    known = {id(v.value) for v in variables}
+    names = {id(v.value): v.path for v in trained}
+    unknown = [names[id(v)] for v in tape.watched_variables() if id(v) in names and id(v) not in known]
+    if unknown:
+        raise ValueError(
+            "Each weight a pipeline stage reads must belong to one of its layers (or a "
+            "layer it calls), so that the stage's backward can give it its gradient. "
+            f"Received: stage {stage.index} ({stage.layer_names}) read {unknown}, which "
+            "none of its layers tracks. Call the layer that owns the weight instead of "
+            "reading its variable from another layer (a shared layer trains split), or "
+            "train the model with a data-parallel strategy."
+        )
 
 
 def _upstream(grad_env: dict, key) -> list:
