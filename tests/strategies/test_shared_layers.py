@@ -180,6 +180,7 @@ HUB_STRATEGIES = {
     "split": lambda: ModelSplit(2),
     "gpipe-M2": lambda: GPipe(2, microbatches=2),
     "zb1-M2-remat": lambda: GPipe(2, microbatches=2, schedule="zb1", rematerialize=True),
+    "hybrid-1f1b": lambda: GPipe(4, microbatches=2, data_parallel=2, schedule="1f1b"),
 }
 
 
