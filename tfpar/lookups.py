@@ -40,7 +40,16 @@ def depends_on_batch(tensor: tf.Tensor, batch: Sequence[tf.Tensor]) -> bool:
     Args:
       tensor: a symbolic tensor of the graph being traced.
       batch: the step's input tensors, in the same graph.
+
+    Raises:
+      ValueError: `tensor` is an eager tensor, which has no graph to read.
     """
+    if not tf.is_symbolic_tensor(tensor):
+        raise ValueError(
+            "Whether an embedding lookup's ids are per sample is read from the train step's "
+            "graph, and a step that runs eagerly has none. Received: an eager tensor of ids "
+            f"(shape {tensor.shape}), as under model.compile(run_eagerly=True). Compile the model "
+            "with run_eagerly=False (Keras' default) to train it with micro-batches or replicas.")
     sources = {t.ref() for t in batch if isinstance(t, tf.Tensor)}
     stack, seen = [tensor], set()
     while stack:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfpar import lookups
+
 
 class MicroBatches:
     """One batch's inputs, targets and sample weights, split M ways.
@@ -90,41 +92,55 @@ def split_structure(structure, split, parts: int) -> list:
     return [keras.tree.pack_sequence_as(structure, [p[i] for p in pieces]) for i in range(parts)]
 
 
-def combine_slices(slices: list) -> tf.IndexedSlices:
+def combine_slices(slices: list, *, per_sample: bool) -> tf.IndexedSlices:
     """The IndexedSlices gradient one device would compute from the
-    micro-batches' gradients of one embedding table.
+    micro-batches' (or replicas') gradients of one embedding table.
 
-    A lookup per sample (token ids) gives one entry per sample, so the
-    batch's gradient is the micro-batches' entries side by side. A lookup
-    shared by all samples (positions, `ops.arange`) gives the same ids in
-    every micro-batch, each entry already summed over its samples, so the
-    batch's gradient is those ids with the values summed. The two differ for
-    Adam and RMSprop, which square each entry. Identical ids in every
-    micro-batch are taken as the shared case (token ids coincide so only
-    when every micro-batch holds the same samples).
+    A lookup per sample (token ids, segment ids: ids that come from the
+    batch) gives one row per sample, so the batch's gradient is the
+    micro-batches' rows side by side. A lookup made inside the model
+    (positions, `ops.arange`) gives the same ids in every micro-batch, each
+    row already summed over its samples, so the batch's gradient is those
+    ids with the rows summed. The two differ for Adam and RMSprop, which
+    square each row, and for a global norm. Which kind a gradient is, the
+    graph says (`tfpar.lookups.depends_on_batch` of its ids, read when the
+    step is traced), never the ids' values: segment ids that are all 0 in
+    every micro-batch are still one row per sample.
+
+    Args:
+      slices: one IndexedSlices per micro-batch (or replica), in batch order.
+      per_sample: whether the lookup's ids come from the batch.
 
     Example:
         >>> a = tf.IndexedSlices(tf.constant([[1.0]]), tf.constant([3]), tf.constant([5, 1]))
         >>> b = tf.IndexedSlices(tf.constant([[2.0]]), tf.constant([3]), tf.constant([5, 1]))
-        >>> combine_slices([a, b]).values.numpy().tolist()  # shared ids: summed
+        >>> combine_slices([a, b], per_sample=False).values.numpy().tolist()  # positions: summed
         [[3.0]]
-        >>> c = tf.IndexedSlices(tf.constant([[2.0]]), tf.constant([4]), tf.constant([5, 1]))
-        >>> combine_slices([a, c]).indices.numpy().tolist()  # per sample: side by side
-        [3, 4]
+        >>> combine_slices([a, b], per_sample=True).indices.numpy().tolist()  # tokens: side by side
+        [3, 3]
     """
     if len(slices) == 1:
         return slices[0]
-    first = slices[0].indices
+    if per_sample:
+        return tf.IndexedSlices(tf.concat([s.values for s in slices], axis=0),
+                                tf.concat([s.indices for s in slices], axis=0), slices[0].dense_shape)
+    # Ids made inside the model are the same in every micro-batch (the
+    # same ops on the same shapes), so the first's stand for all.
+    return tf.IndexedSlices(tf.add_n([s.values for s in slices]), slices[0].indices,
+                            slices[0].dense_shape)
 
-    def same_ids(indices):
-        return tf.cond(tf.reduce_all(tf.shape(indices) == tf.shape(first)),
-                       lambda: tf.reduce_all(tf.equal(indices, first)), lambda: tf.constant(False))
 
-    shared = tf.reduce_all(tf.stack([same_ids(s.indices) for s in slices[1:]]))
-    values, indices = tf.cond(
-        shared,
-        lambda: (tf.add_n([s.values for s in slices]), first),
-        lambda: (tf.concat([s.values for s in slices], axis=0),
-                 tf.concat([s.indices for s in slices], axis=0)),
-    )
-    return tf.IndexedSlices(values, indices, slices[0].dense_shape)
+def combine_lookup(slices: list, batch) -> tf.IndexedSlices:
+    """`combine_slices`, the kind of lookup read from the graph: whether the
+    ids depend on the `batch` tensors (the step's inputs).
+
+    Example:
+        >>> @tf.function
+        ... def step(tokens):
+        ...     halves = tf.split(tokens, 2)
+        ...     rows = [tf.IndexedSlices(tf.ones((2, 1)), ids, [9, 1]) for ids in halves]
+        ...     return combine_lookup(rows, [tokens]).indices
+        >>> step(tf.constant([4, 4, 4, 4])).numpy().tolist()  # equal ids, still one row each
+        [4, 4, 4, 4]
+    """
+    return combine_slices(slices, per_sample=lookups.depends_on_batch(slices[0].indices, list(batch)))

@@ -20,7 +20,7 @@ BINARIES = {"train": "tfpar/train.py", "bench": "tfpar/bench/__main__.py",
 # name, what it holds (a folder or files), the libraries it may import.
 LIBRARIES = [
     ("core", ["tfpar/checks.py", "tfpar/devices.py", "tfpar/in_place.py", "tfpar/inputs.py",
-              "tfpar/internals.py", "tfpar/microbatch.py", "tfpar/replica.py", "tfpar/table.py"], []),
+              "tfpar/internals.py", "tfpar/lookups.py", "tfpar/microbatch.py", "tfpar/replica.py", "tfpar/table.py"], []),
     ("pipeline", ["tfpar/pipeline/"], ["core"]),
     ("cluster", ["tfpar/cluster/"], ["core"]),
     ("strategies", ["tfpar/strategies/"], ["core", "pipeline", "cluster"]),

@@ -278,7 +278,7 @@ class PipelineModel(keras.Model):
             total = tf.cast(plan.all_reduce[0].sum(tf.cast(local, tf.float32), "batch"), local.dtype)
         micro = MicroBatches(flat_x, y, sample_weight, plan.microbatches * len(plan.graphs), total)
         steps = [Step(self, r, micro, r * plan.microbatches) for r in range(len(plan.graphs))]
-        plan.gradient_sum.begin()
+        plan.gradient_sum.begin(flat_x)
         timeline, stamps, ends, k = plan.timeline, [], {}, len(plan.graph.stages)
         for stage_index, (kind, m) in plan.order:
             if kind == "A":
@@ -356,7 +356,8 @@ class PipelineModel(keras.Model):
                                              (gradients_lib.tensors_of(grads) or step.last[s])
                                              + [ends[(r, s)]] * ((r, s) in ends))
                           for r, (step, grads) in enumerate(zip(steps, local))]
-            summed = plan.all_reduce[s](local, after=None if starts is None else [[t] for t in starts])
+            summed = plan.all_reduce[s](local, plan.gradient_sum.batch,
+                                        after=None if starts is None else [[t] for t in starts])
             for r, (step, vs, grads) in enumerate(zip(steps, variables, summed)):
                 reduced.update({id(v): g for v, g in zip(vs, grads)})
                 if starts is not None:

@@ -4,12 +4,13 @@ Gradients are summed in a buffer per weight, on the weight's device.
 Summing tensors instead lets Grappler's arithmetic optimizer fuse the chain
 of adds into one AddN that waits for, and holds, every micro-batch's
 gradient at once. IndexedSlices (embedding lookups) stay sparse, combined
-as one device would have computed them (`microbatch.combine_slices`).
+as one device would have computed them (`microbatch.combine_lookup`: per
+sample or made inside the model, as the step's graph says).
 
 Example:
     >>> w = keras.Variable([1.0, 2.0], name="w")
     >>> sums = GradientSum([w])
-    >>> sums.begin()
+    >>> sums.begin(batch=[])
     >>> sums.add(w, tf.constant([1.0, 1.0])); sums.add(w, tf.constant([0.5, 0.0]))
     >>> sums.result([w])[0].numpy().tolist()
     [1.5, 1.0]
@@ -34,11 +35,17 @@ class GradientSum:
                     tf.zeros(variable.shape, variable.dtype), trainable=False,
                     name=f"{variable.path.replace('/', '_')}_grad_sum",
                 )
-        self.begin()
+        self.begin([])  # no step yet
 
-    def begin(self) -> None:
+    def begin(self, batch) -> None:
         """Starts a step: the first gradient of each weight overwrites the
-        last step's sum."""
+        last step's sum.
+
+        Args:
+          batch: the step's input tensors, which a lookup's ids depend on
+            when they are per sample (`microbatch.combine_lookup`).
+        """
+        self.batch = list(batch)
         self.started = set()  # ids of weights whose buffer holds this step's sum
         self.sparse = {}  # id of weight -> its IndexedSlices gradients this step
 
@@ -67,7 +74,7 @@ class GradientSum:
             dense = self.buffers[key].read_value() if key in self.started else None
             sparse = self.sparse.get(key)
             if sparse:
-                sparse = microbatch.combine_slices(sparse)
+                sparse = microbatch.combine_lookup(sparse, self.batch)
                 # One tape sums a dense and a sparse gradient into a dense one.
                 grads.append(sparse if dense is None else dense + tf.convert_to_tensor(sparse))
             else:

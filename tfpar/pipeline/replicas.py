@@ -12,7 +12,8 @@ then carries the sum between processes over gRPC).
 
 IndexedSlices (embedding lookups) are gathered instead (`CollectiveGather`)
 and combined as one device would have computed them
-(`microbatch.combine_slices`), so Adam and RMSprop see the same sparse update.
+(`microbatch.combine_lookup`: per sample or made inside the model, as the
+step's graph says), so Adam and RMSprop see the same sparse update.
 
 Example:
     >>> groups(["/cpu:0", "/cpu:1", "/cpu:2", "/cpu:3"], 2)
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar import microbatch
+from tfpar import lookups, microbatch
 
 # Group and instance keys of tfpar's collectives: far above the ones
 # tf.distribute hands out in the same process, which count up from 1.
@@ -78,13 +79,15 @@ class StageAllReduce:
             self._instance_keys[slot] = next(_KEYS)
         return self._instance_keys[slot]
 
-    def __call__(self, grads_per_member: list[list], after: list | None = None) -> list[list]:
+    def __call__(self, grads_per_member: list[list], batch, after: list | None = None) -> list[list]:
         """Sums each member's gradients with the other members'.
 
         Args:
           grads_per_member: for each local member, its gradient of each of
             the stage's weights (a tensor, IndexedSlices or None), in the
             same order for every member.
+          batch: the step's input tensors, which a lookup's ids depend on
+            when they are per sample (`microbatch.combine_lookup`).
           after: for each local member, tensors its collectives wait for.
 
         Returns:
@@ -94,15 +97,15 @@ class StageAllReduce:
         for index, (grads, device) in enumerate(zip(grads_per_member, self.devices)):
             deps = after[index] if after else []
             with tf.device(device), tf.control_dependencies(deps):
-                out.append(self._reduce(grads))
+                out.append(self._reduce(grads, batch))
         return out
 
-    def _reduce(self, grads: list) -> list:
+    def _reduce(self, grads: list, batch) -> list:
         result = list(grads)
         dense = {}  # dtype -> positions of its dense gradients, packed together
         for position, grad in enumerate(grads):
             if isinstance(grad, tf.IndexedSlices):
-                result[position] = self._gather_slices(grad, position)
+                result[position] = self._gather_slices(grad, position, batch)
             elif grad is not None:
                 dense.setdefault(grad.dtype, []).append(position)
         for dtype, positions in sorted(dense.items(), key=lambda item: item[0].name):
@@ -157,9 +160,13 @@ class StageAllReduce:
                     for i, t in enumerate(keras.tree.flatten(structure))]
         return keras.tree.pack_sequence_as(structure, flat)
 
-    def _gather_slices(self, grad: tf.IndexedSlices, position: int) -> tf.IndexedSlices:
+    def _gather_slices(self, grad: tf.IndexedSlices, position: int, batch) -> tf.IndexedSlices:
         # Members' slices differ in length (their samples' lookups).
         values = self._gather_parts(grad.values, ("values", position))
         indices = self._gather_parts(grad.indices, ("indices", position))
+        # The kind is read from this member's own ids (every member's graph
+        # is the same, so all decide alike).
+        per_sample = lookups.depends_on_batch(grad.indices, list(batch))
         return microbatch.combine_slices(
-            [tf.IndexedSlices(v, i, grad.dense_shape) for v, i in zip(values, indices)])
+            [tf.IndexedSlices(v, i, grad.dense_shape) for v, i in zip(values, indices)],
+            per_sample=per_sample)

@@ -92,7 +92,8 @@ class ReplicaSteps:
                         for t in ([p.values for p in g] if isinstance(g, list) else [g])]
             loss = part_loss if loss is None else loss + part_loss
             predictions.append(y_pred)
-        grads = [microbatch.combine_slices(g) if isinstance(g, list) else g for g in grads]
+        batch = [t for t in keras.tree.flatten(data) if t is not None]
+        grads = [microbatch.combine_lookup(g, batch) if isinstance(g, list) else g for g in grads]
         _track_loss(model, loss, marks)
         if variables:
             # Last layers first: their gradients exist first in the backward,
@@ -230,7 +231,7 @@ def _shared_lookups(grads, variables, data) -> list:
 def _sum(total, grad):
     """Adds one micro-batch's gradient to the running sum. IndexedSlices
     (embedding lookups) are collected, to be combined as one device would
-    have computed them (`microbatch.combine_slices`)."""
+    have computed them (`microbatch.combine_lookup`)."""
     if grad is None:
         return total
     if total is None:
@@ -238,8 +239,9 @@ def _sum(total, grad):
     if isinstance(total, list):
         if isinstance(grad, tf.IndexedSlices):
             return total + [grad]
-        # One tape sums a dense and a sparse gradient into a dense one.
-        return tf.convert_to_tensor(microbatch.combine_slices(total)) + grad
+        # One tape sums a dense and a sparse gradient into a dense one
+        # (dense, rows side by side or summed are the same tensor).
+        return tf.add_n([tf.convert_to_tensor(s) for s in total]) + grad
     if isinstance(grad, tf.IndexedSlices):
         return total + tf.convert_to_tensor(grad)
     return total + grad
