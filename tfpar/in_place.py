@@ -26,6 +26,11 @@ Example:
     >>> adoption.release(trained=False)      # back as it was
     >>> model.distribute_strategy is strategy
     False
+
+A pipeline rebuilds the caller's model as stage sub-models on their
+devices, each layer from its config (`replica.clone_layer`). A layer whose
+config does not round-trip is trained itself instead (`OwnLayers`): its
+variables are re-created on its stage's device and back.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class Adoption:
                     twin.build(model.trainable_variables)
                     _copy(self.optimizer.variables, twin.variables)
                 model.optimizer = twin
-        _forget_functions(model)
+        forget_functions(model)
         return model
 
     def release(self, *, trained: bool) -> None:
@@ -85,10 +90,56 @@ class Adoption:
                 if not self.optimizer.built:
                     self.optimizer.build(model.trainable_variables)
                 _copy(twin.variables, self.optimizer.variables)
+        internals.refresh_variable_keys(self.optimizer)
         if not trained:
             for variable, value in self._before:
                 variable.assign(value)
-        _forget_functions(model)
+        forget_functions(model)
+
+
+class OwnLayers:
+    """Layers of the caller's model that a pipeline trains themselves, in
+    its twin, because they cannot be rebuilt from their config.
+
+    Example:
+        >>> own = OwnLayers()
+        >>> with tf.device("/cpu:1"):
+        ...     layer = own.take(model.layers[1])   # the same object, on /cpu:1
+        >>> own.release(model, trained=False)       # back, with its values
+    """
+
+    def __init__(self):
+        self._taken = []  # (layer, its Keras node counts, [(variable, value)])
+
+    def __contains__(self, layer) -> bool:
+        return any(taken is layer for taken, _, _ in self._taken)
+
+    def take(self, layer: keras.layers.Layer) -> keras.layers.Layer:
+        """Re-creates the layer's variables in the current device scope;
+        returns the layer."""
+        variables = [v for v in layer.variables if internals.is_initialized(v)]
+        self._taken.append((layer, internals.node_counts(layer),
+                            [(v, np.array(v.numpy())) for v in variables]))
+        for variable in variables:
+            internals.recreate_variable(variable)
+        return layer
+
+    def release(self, model: keras.Model, *, trained: bool) -> None:
+        """Re-creates the variables outside any device scope (keeping the
+        trained values, or those from before `take`), forgets the calls the
+        twin made and the functions `model` traced over the old variables."""
+        if not self._taken:
+            return
+        with tf.device(None):
+            for layer, counts, before in self._taken:
+                for variable, value in before:
+                    internals.recreate_variable(variable)
+                    if not trained:
+                        variable.assign(value)
+                internals.forget_calls_after(layer, counts)
+        self._taken = []
+        internals.refresh_variable_keys(getattr(model, "optimizer", None))
+        forget_functions(model)
 
 
 def state_variables(model: keras.Model) -> list:
@@ -113,6 +164,7 @@ def _copy(sources, targets) -> None:
         target.assign(np.asarray(source.numpy()))
 
 
-def _forget_functions(model: keras.Model) -> None:
-    # Keras caches the functions it traced, which captured the variables.
+def forget_functions(model: keras.Model) -> None:
+    """Drops the model's traced train / test / predict functions, which
+    captured its variables as they were before they were re-created."""
     model.train_function = model.test_function = model.predict_function = None

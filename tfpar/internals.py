@@ -111,6 +111,16 @@ def recreate_variable(variable: keras.Variable) -> None:
     variable._initialize(np.asarray(variable.value.numpy()))  # pylint: disable=protected-access
 
 
+def refresh_variable_keys(optimizer) -> None:
+    """Re-reads which slot belongs to which variable after its variables
+    were re-created: a Keras optimizer on TensorFlow keys them by the
+    underlying tf.Variable, and would refuse them as unknown."""
+    if optimizer is not None and optimizer.built:
+        optimizer._trainable_variables_indices = {  # pylint: disable=protected-access
+            optimizer._var_key(v): i  # pylint: disable=protected-access
+            for i, v in enumerate(optimizer._trainable_variables)}  # pylint: disable=protected-access
+
+
 def is_initialized(variable) -> bool:
     """False for a Keras variable whose value is not created yet (deferred)."""
     return getattr(variable, "_value", True) is not None
@@ -184,6 +194,19 @@ def output_structure(model: keras.Model):
 def inbound_node_count(op) -> int:
     """How many times a layer or op was called in building graphs."""
     return len(getattr(op, "_inbound_nodes", []))
+
+
+def node_counts(layer) -> tuple[int, int]:
+    """How many Keras nodes record the layer's calls (in, out)."""
+    return len(layer._inbound_nodes), len(layer._outbound_nodes)  # pylint: disable=protected-access
+
+
+def forget_calls_after(layer, counts: tuple[int, int]) -> None:
+    """Drops the Keras nodes made since `node_counts(layer)` gave `counts`:
+    the calls of a discarded graph (a pipeline's twin of the caller's model,
+    built around the caller's own layer), which would keep it alive."""
+    del layer._inbound_nodes[counts[0]:]  # pylint: disable=protected-access
+    del layer._outbound_nodes[counts[1]:]  # pylint: disable=protected-access
 
 
 def call_arguments(layer) -> tuple[tuple, dict]:

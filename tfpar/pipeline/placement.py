@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from tfpar.pipeline import costs as costs_lib
-from tfpar import internals
+from tfpar import in_place, internals
 from tfpar.pipeline import partition as partition_lib
 from tfpar import replica
 from tfpar.table import format_table
@@ -229,20 +229,46 @@ def _params_at_first_use(calls: Sequence[Use]) -> list[float]:
     return costs
 
 
-def device_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]):
+def device_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[int],
+                    own: in_place.OwnLayers | None = None):
     """A `clone_function` that builds each layer on its stage's device (a
     shared layer on its first use's), and each layer once: a layer used
     both inside a nested model and outside it (a causal LM's token
     embedding, in its backbone and as the output projection) gets one
-    twin, as Keras gives a layer used twice in one graph."""
+    twin, as Keras gives a layer used twice in one graph.
+
+    A layer (or nested model) whose config does not round-trip is, with
+    `own`, trained itself: `own` moves its variables to the stage's device.
+    Without `own` (a pipeline replica past the first, which needs copies),
+    it is refused with the layer and the cause."""
     calls = uses(model)
     owner = owner_stages(calls, op_stages(calls, sizes))
     twins = {}
 
+    def taken(layer):
+        # The layer itself, and each layer inside it: a later use of one of
+        # them (a tied embedding) must find the same object.
+        for inner in internals.sublayers(layer):
+            twins[id(inner)] = inner
+        return own.take(layer)
+
+    def twin_of(layer, make):
+        try:
+            twin = make()
+        except Exception as error:  # Keras raises many types for a bad config.
+            if own is None or layer in own:
+                raise _not_copied(layer, error) from error
+            return taken(layer)
+        if _weights_differ(layer, twin):
+            if own is None or layer in own:
+                raise _not_copied(layer, "its twin rebuilt from get_config() holds other weights")
+            return taken(layer)
+        return twin
+
     def placed(layer, default: str):
         if id(layer) not in twins:
             with tf.device(devices[owner[id(layer)]] if id(layer) in owner else default):
-                twins[id(layer)] = replica.clone_layer(layer)
+                twins[id(layer)] = twin_of(layer, lambda: replica.clone_layer(layer))
         return twins[id(layer)]
 
     def clone(layer):
@@ -251,12 +277,12 @@ def device_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[
         device = devices[owner.get(id(layer), 0)]
         with tf.device(device):
             if isinstance(layer, keras.Model):
-                twin = keras.models.clone_model(
-                    layer, clone_function=lambda inner: placed(inner, device), recursive=True)
+                twin = twin_of(layer, lambda: keras.models.clone_model(
+                    layer, clone_function=lambda inner: placed(inner, device), recursive=True))
                 twins[id(layer)] = twin
                 return twin
             twin = placed(layer, device)
-            if isinstance(model, keras.Sequential) and _built_lazily(twin, layer):
+            if twin is not layer and isinstance(model, keras.Sequential) and _built_lazily(twin, layer):
                 # A layer that makes its sublayers in __init__ and has no
                 # build() gets their variables on its first call; a
                 # Sequential calls it outside this scope, so call it here.
@@ -264,6 +290,25 @@ def device_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[
             return twin
 
     return clone
+
+
+def _weights_differ(layer, twin) -> bool:
+    """A twin built like the layer whose weights have other shapes (a config
+    that builds another layer); a twin that builds on its first call is
+    checked when the whole model's weights are copied."""
+    if not (layer.built and twin.built) or len(twin.weights) != len(layer.weights):
+        return False
+    return [tuple(w.shape) for w in twin.weights] != [tuple(w.shape) for w in layer.weights]
+
+
+def _not_copied(layer, cause) -> replica.RecreateError:
+    if not isinstance(cause, str):
+        cause = f"{type(cause).__name__}: {' '.join(str(cause).split())[:1500]}"
+    return replica.RecreateError(
+        f"A pipeline trained data parallel needs a copy of layer {layer.name!r} (class "
+        f"{type(layer).__name__}) per replica, and it cannot be rebuilt from its config. {cause} "
+        "Alternatively, train one pipeline replica (data_parallel=1), which trains the caller's "
+        "layer itself, or train data parallel (DataParallel, MultiWorker).")
 
 
 def call_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[int]):

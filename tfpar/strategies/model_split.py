@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import keras
 
-from tfpar import checks, internals, replica
+from tfpar import checks, in_place, internals, replica
 from tfpar import devices as devices_lib
 from tfpar.pipeline import costs, placement
 from tfpar.pipeline import replicas as replicas_lib
@@ -64,6 +64,7 @@ class ModelSplit:
         data_parallel: int | str = 1,
     ):
         self.multi_worker = None
+        self._own = in_place.OwnLayers()  # the caller's layers the last recreate trains itself
         if data_parallel == "workers":
             self.multi_worker = _multi_worker_job()
             self.devices = _worker_devices(self.multi_worker, devices)
@@ -132,9 +133,12 @@ class ModelSplit:
         if self.microbatches > 1:
             _check_mean_losses(model)
         sizes = self.sizes(model)
+        # Layers whose config does not round-trip train themselves, in the
+        # first replica (the others need copies).
+        self._own = in_place.OwnLayers()
 
-        def placed(group):
-            return dict(clone_function=placement.device_function(model, group, sizes),
+        def placed(group, own=None):
+            return dict(clone_function=placement.device_function(model, group, sizes, own),
                         call_function=placement.call_function(model, group, sizes))
 
         def stages(twin, group):
@@ -154,14 +158,21 @@ class ModelSplit:
                 workers=self.replicas if self.multi_worker else None,
                 timeout_seconds=self.multi_worker.timeout_seconds if self.multi_worker else None)
 
-        return replica.recreate(model, contextlib.nullcontext(), wrap=pipeline,
-                                **placed(self.groups[0]))
+        try:
+            return replica.recreate(model, contextlib.nullcontext(), wrap=pipeline,
+                                    **placed(self.groups[0], self._own))
+        except Exception:
+            self.discard(None, model)
+            raise
 
     def write_back(self, trained: keras.Model, model: keras.Model) -> None:
+        self._own.release(model, trained=True)
         replica.write_back(trained, model)
 
     def discard(self, trained: keras.Model, model: keras.Model) -> None:
-        """The caller's model was never touched: the pipeline trains a twin."""
+        """The pipeline trains a twin; the caller's layers it trains itself
+        (configs that do not round-trip) get their values back."""
+        self._own.release(model, trained=False)
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         if self.multi_worker:
