@@ -574,6 +574,119 @@ def transformer_recipe():
     return model
 
 
+# --- text preprocessing inside the model ----------------------------------
+
+WORDS = "the cat sat on a mat dog ran far away big small red blue green sky".split()
+
+
+def _texts():
+    rng = _rng()
+    return np.array([" ".join(rng.choice(WORDS, size=rng.integers(2, 8))) for _ in range(SAMPLES)])[:, None]
+
+
+def text_vectorization_classifier():
+    # keras.io "Text classification from scratch", end-to-end model: raw
+    # strings in, an adapted TextVectorization inside the model.
+    vectorize = layers.TextVectorization(max_tokens=VOCAB, output_mode="int",
+                                         output_sequence_length=MAXLEN)
+    vectorize.adapt(_texts()[:, 0])
+    inputs = keras.Input(shape=(1,), dtype="string")
+    x = layers.Embedding(VOCAB, 8)(vectorize(inputs))
+    x = layers.GlobalAveragePooling1D()(x)
+    x = layers.Dense(8, activation="relu")(x)
+    outputs = layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def raw_text_data():
+    # As keras.io feeds it: a tf.data pipeline of raw strings (Keras' array
+    # path takes no numpy string arrays, on one device either).
+    dataset = tf.data.Dataset.from_tensor_slices((_texts(), _rng().integers(0, 2, SAMPLES))).batch(16)
+    return dataset, None, {"batch_size": None}
+
+
+# --- keras_hub models (tiny configs, random weights: no download) ----------
+# keras_hub is imported when an idiom is built: it takes seconds.
+
+HUB_VOCAB, HUB_LENGTH = 64, 8
+
+
+def _hub():
+    import keras_hub
+
+    return keras_hub
+
+
+def gpt2_backbone(**overrides):
+    config = dict(vocabulary_size=HUB_VOCAB, num_layers=2, num_heads=2, hidden_dim=32,
+                  intermediate_dim=64, max_sequence_length=16, dropout=0.0)
+    return _hub().models.GPT2Backbone(**{**config, **overrides})
+
+
+def gpt2_own_head():
+    # A backbone with a head of one's own (untied): next-token logits.
+    backbone = gpt2_backbone()
+    inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
+              for name in ("token_ids", "padding_mask")}
+    x = backbone(inputs)
+    outputs = layers.Dense(HUB_VOCAB, name="lm_head")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  weighted_metrics=["accuracy"])
+    return model
+
+
+def gpt2_causal_lm():
+    # keras.io "GPT2 text generation": the causal LM, compiled as there. Its
+    # output projection is the token embedding (ReversibleEmbedding, tied).
+    model = _hub().models.GPT2CausalLM(backbone=gpt2_backbone(), preprocessor=None)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  weighted_metrics=["accuracy"])
+    return model
+
+
+def next_token_data():
+    # What keras_hub's causal LM preprocessor yields: ids, mask, the next
+    # ids as labels and the mask as sample weight; ragged lengths.
+    rng = _rng()
+    ids = rng.integers(1, HUB_VOCAB, (SAMPLES, HUB_LENGTH + 1))
+    lengths = rng.integers(4, HUB_LENGTH + 2, SAMPLES)
+    mask = (np.arange(HUB_LENGTH + 1)[None, :] < lengths[:, None])
+    ids = np.where(mask, ids, 0).astype("int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1].astype("int32")}
+    return x, ids[:, 1:], {"sample_weight": mask[:, 1:].astype("float32")}
+
+
+def bert_classifier():
+    # keras_hub's BertTextClassifier on a tiny backbone: single-segment
+    # input, so every segment id is 0 (a lookup whose ids are the same in
+    # every sample and still per sample). A guess from the ids' values took
+    # them for positions and summed their rows per micro-batch, which Adam
+    # squares differently: 2.7e-3 from one device under GPipe(2, M=2) and
+    # 5.3e-4 under DataParallel(2, microbatches=2); the kind of lookup is
+    # read from the step's graph (tfpar.lookups.depends_on_batch).
+    backbone = _hub().models.BertBackbone(
+        vocabulary_size=HUB_VOCAB, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=16, dropout=0.0)
+    model = _hub().models.BertTextClassifier(backbone, num_classes=2, preprocessor=None, dropout=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def bert_data():
+    rng = _rng()
+    ids = rng.integers(1, HUB_VOCAB, (SAMPLES, HUB_LENGTH)).astype("int32")
+    x = {"token_ids": ids, "segment_ids": np.zeros_like(ids),
+         "padding_mask": np.ones_like(ids)}
+    return x, rng.integers(0, 2, SAMPLES), {}
+
+
 # --- model structure -----------------------------------------------------
 
 
@@ -686,6 +799,16 @@ IDIOMS = [
           _seeded(clipped(lambda: keras.optimizers.AdamW(0.01, gradient_accumulation_steps=2,
                                                          global_clipnorm=0.05))),
           plain_data, atol=ADAM_ATOL),
+    Idiom("Transformer recipe: AdamW, warmup + cosine decay, global_clipnorm=1.0",
+          _seeded(transformer_recipe), transformer_data, atol=ADAM_ATOL),
+    Idiom("TextVectorization inside the model (string inputs)", _seeded(text_vectorization_classifier),
+          raw_text_data, atol=ADAM_ATOL),
+    Idiom("keras_hub GPT-2 backbone, own head", _seeded(gpt2_own_head), next_token_data,
+          atol=ADAM_ATOL),
+    Idiom("keras_hub GPT2CausalLM (tied embeddings)", _seeded(gpt2_causal_lm), next_token_data,
+          atol=ADAM_ATOL),
+    Idiom("keras_hub BertTextClassifier (segment ids)", _seeded(bert_classifier), bert_data,
+          atol=ADAM_ATOL),
     Idiom("keras.Model subclass with train_step", _seeded(custom_train_step), plain_data,
           pipelines=r"overrides \['train_step'\] cannot be split", loss_per_replica=True,
           own_train_step=True),
