@@ -153,6 +153,8 @@ class ConfigWithoutArgument(keras.layers.Layer):
 def test_a_layer_that_cannot_be_rebuilt_is_named_with_the_full_cause():
     inputs = keras.Input((12,))
     model = compile_model(keras.Model(inputs, keras.layers.Dense(3)(ConfigWithoutArgument(4, name="odd")(inputs))))
-    # A pipeline places a twin of each layer; data parallel trains this model as it is.
-    with pytest.raises(ValueError, match=r"could not recreate layer 'odd' of class ConfigWithoutArgument.*width"):
-        tfpar.fit_distributed(model, x, y, batch_size=32, strategy=GPipe(2))
+    # A pipeline trained data parallel places a copy of each layer per
+    # replica; one pipeline (or data parallel) trains the layer itself.
+    with pytest.raises(ValueError, match=r"needs a copy of layer 'odd' \(class ConfigWithoutArgument\)"
+                                         r".*could not recreate layer 'odd' of class ConfigWithoutArgument.*width"):
+        tfpar.fit_distributed(model, x, y, batch_size=32, strategy=GPipe(4, data_parallel=2))

@@ -205,7 +205,7 @@ def test_the_collectives_carry_the_jobs_timeout():
     reduce = StageAllReduce(2, ["/device:CPU:0", "/device:CPU:1"], timeout_seconds=7)
 
     def step():
-        return reduce([[tf.ones(3)], [tf.ones(3)]])
+        return reduce([[tf.ones(3)], [tf.ones(3)]], batch=[])
 
     graph = tf.function(step).get_concrete_function().graph
     ops = [op for op in graph.get_operations() if op.type == "CollectiveReduce"]

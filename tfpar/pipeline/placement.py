@@ -296,6 +296,8 @@ def _weights_differ(layer, twin) -> bool:
     """A twin built like the layer whose weights have other shapes (a config
     that builds another layer); a twin that builds on its first call is
     checked when the whole model's weights are copied."""
+    if not isinstance(layer, keras.layers.Layer):  # a plain op (NotEqual, GetItem): no weights
+        return False
     if not (layer.built and twin.built) or len(twin.weights) != len(layer.weights):
         return False
     return [tuple(w.shape) for w in twin.weights] != [tuple(w.shape) for w in layer.weights]
