@@ -14,9 +14,9 @@ setup(
     install_requires=[
         # Keras 3 line; tested on 2.21.0. Capped below the next minor release
         # because tfpar reaches private TensorFlow and Keras attributes
-        # (tfpar/internals.py, checked by tests/test_internals.py).
+        # (tfpar/core/internals.py, checked by tests/test_internals.py).
         "tensorflow>=2.16,<2.22",
-        # The Keras release tfpar/internals.py was checked on (see above).
+        # The Keras release tfpar/core/internals.py was checked on (see above).
         "keras>=3.15,<3.16",
         "numpy",
         "absl-py",

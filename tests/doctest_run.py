@@ -33,7 +33,7 @@ import tfpar  # noqa: E402
 # Docstring -> the test that runs its Example's code across processes.
 NEEDS_PROCESSES = {
     "tfpar.strategies.multi_worker.MultiWorker": "tests/strategies/test_multi_worker.py",
-    "tfpar.devices.connect": "tests/cluster/test_server.py",
+    "tfpar.core.devices.connect": "tests/cluster/test_server.py",
 }
 
 

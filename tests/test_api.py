@@ -1,6 +1,5 @@
 """The public surface is small and pinned; public names are documented."""
 
-import importlib
 import inspect
 
 import tfpar
@@ -15,24 +14,12 @@ def test_top_level_api_is_pinned():
     assert sorted(tfpar.models.__all__) == ["encoder_decoder_balance", "mlp", "residual_cnn", "transformer"]
 
 
-def test_modules_that_moved_keep_their_old_names():
-    # tfpar 0.1 had these at the top level; code written against it works.
-    from tfpar import checkpoint, cluster, partition, schedule, timeline
-
-    assert schedule.per_stage is tfpar.pipeline.schedule.per_stage
-    assert partition.partition is tfpar.pipeline.partition.partition
-    assert timeline.PipelineTimeline is tfpar.pipeline.timeline.PipelineTimeline
-    assert checkpoint.load is tfpar.cluster.checkpoint.load
-    assert cluster.parse is tfpar.cluster.tf_config.parse
-    assert cluster.free_ports is tfpar.cluster.peers.free_ports
-    assert len(cluster.local_configs(2)) == 2 and cluster.WORKER_JOBS == ("chief", "worker")
-    assert importlib.import_module("tfpar.schedule") is tfpar.pipeline.schedule  # dotted, too
-    from tfpar.timeline import PipelineTimeline
-
-    assert PipelineTimeline is tfpar.pipeline.timeline.PipelineTimeline
+def test_the_command_modules_run_the_cluster_entry_points():
+    # `python -m tfpar.launch` and `python -m tfpar.server` are thin mains.
     from tfpar import launch, server
 
     assert launch.launch is tfpar.cluster.launch.launch and server.serve is tfpar.cluster.server.serve
+    assert tfpar.timeline.PipelineTimeline is tfpar.pipeline.timeline.PipelineTimeline
 
 
 def test_public_callables_have_docstrings_with_an_example():

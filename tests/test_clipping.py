@@ -15,9 +15,9 @@ import keras
 import numpy as np
 import pytest
 
-import tfpar
-from tfpar import internals
+from tfpar.core import internals
 from tfpar.strategies import DataParallel, PowerSGD
+import tfpar
 
 from conftest import weights_of
 

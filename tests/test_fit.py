@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfpar
 from tfpar.strategies import DataParallel
+import tfpar
 
 from conftest import assert_same_weights, build_mlp, compile_model, make_data, weights_of
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfpar
 from tfpar.strategies import DataParallel, GPipe
+import tfpar
 
 from conftest import build_mlp, compile_model, make_data, weights_of
 
@@ -96,7 +96,7 @@ def test_failure_during_training_leaves_the_model_as_it_was():
 
 
 def test_a_subclassed_model_that_cannot_be_cloned_trains_data_parallel_as_it_is():
-    # Data parallel trains the caller's own object (tfpar/in_place.py): its
+    # Data parallel trains the caller's own object (tfpar/core/in_place.py): its
     # config never matters there. Only a pipeline, which must place a twin,
     # needs the graph (and refuses a subclassed model before training).
     class Opaque(keras.Model):

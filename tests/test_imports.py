@@ -93,9 +93,9 @@ def layering_violations(edges: dict, library_of, library_deps) -> list[str]:
 
 def test_layering_check_finds_an_upward_import():
     layers = build_layers()
-    upward = {"tfpar.checks": {"tfpar.strategies.registry"}}
+    upward = {"tfpar.core.checks": {"tfpar.strategies.registry"}}
     assert layering_violations(upward, layers.library_of, layers.library_deps) == [
-        "tfpar.checks (:core) imports tfpar.strategies.registry (:strategies)"]
+        "tfpar.core.checks (:core) imports tfpar.strategies.registry (:strategies)"]
 
 
 def test_every_import_follows_the_build_layering():

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-import tfpar
 from tfpar.pipeline import stage_calls
 from tfpar.strategies import DataParallel, GPipe, ModelSplit
+import tfpar
 
 from conftest import weights_of
 

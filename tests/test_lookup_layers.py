@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfpar
 from tfpar.pipeline import placement
 from tfpar.strategies import DataParallel, GPipe, ModelSplit
+import tfpar
 
 from conftest import ADAM_ATOL, assert_same_weights, weights_of
 
@@ -149,7 +149,7 @@ def test_string_and_integer_inputs_cross_stage_boundaries():
 
 
 def test_the_twin_of_an_adapted_lookup_has_its_vocabulary():
-    from tfpar import replica
+    from tfpar.core import replica
 
     texts, _ = texts_and_labels()
     model = text_classifier(texts)

@@ -13,16 +13,14 @@ Example:
 # TensorFlow, which takes 5 to 12 s a process. A launched worker imports
 # everything at once, below.
 import importlib as _importlib
-import importlib.abc as _abc
 import importlib.util as _util
-import sys as _sys
 
 from tfpar.cluster import startup as _startup
 
 __version__ = "0.1.0"
 
 _PUBLIC = {  # name: (module, attribute or None for the module itself)
-    "configure_devices": ("tfpar.devices", "configure_devices"),
+    "configure_devices": ("tfpar.core.devices", "configure_devices"),
     "datasets": ("tfpar.datasets", None),
     "describe_placement": ("tfpar.describe", "describe_placement"),
     "evaluate_distributed": ("tfpar.inference", "evaluate_distributed"),
@@ -34,16 +32,11 @@ _PUBLIC = {  # name: (module, attribute or None for the module itself)
     "strategies": ("tfpar.strategies", None),
     "timeline": ("tfpar.pipeline.timeline", None),
 }
-# Modules that moved into the pipeline and cluster packages keep their old
-# names, as attributes and for `import tfpar.schedule`, so that code written
-# against the flat layout keeps working.
-_MOVED = {"checkpoint": "tfpar.cluster.checkpoint", "partition": "tfpar.pipeline.partition",
-          "schedule": "tfpar.pipeline.schedule", "timeline": "tfpar.pipeline.timeline"}
 
 
 def __getattr__(name: str):
-    if name in _PUBLIC or name in _MOVED:
-        module, attribute = _PUBLIC.get(name, (_MOVED.get(name), None))
+    if name in _PUBLIC:
+        module, attribute = _PUBLIC[name]
         value = _importlib.import_module(module)
         if attribute is not None:
             value = getattr(value, attribute)
@@ -55,27 +48,8 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list:
-    return sorted(set(globals()) | set(_PUBLIC) | set(_MOVED))
+    return sorted(set(globals()) | set(_PUBLIC))
 
-
-class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
-    """`import tfpar.schedule` finds the module where it lives now."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        name = fullname.rpartition(".")[2]
-        if fullname.startswith("tfpar.") and fullname.count(".") == 1 and name in _MOVED:
-            return _util.spec_from_loader(fullname, self)
-        return None
-
-    def create_module(self, spec):
-        return _importlib.import_module(_MOVED[spec.name.rpartition(".")[2]])
-
-    def exec_module(self, module) -> None:
-        pass  # the module ran where it lives
-
-
-if not any(isinstance(finder, _MovedModules) for finder in _sys.meta_path):
-    _sys.meta_path.append(_MovedModules())
 
 # A worker started by `python -m tfpar.launch` (TFPAR_MULTI_WORKER) makes its
 # MultiWorker strategy now, before the program runs any TensorFlow op:

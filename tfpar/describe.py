@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from tfpar.pipeline import costs as costs_lib
-from tfpar.pipeline import placement
+from tfpar.pipeline import costs as costs_lib, placement
 from tfpar.strategies import registry
 
 

@@ -9,10 +9,10 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfpar import checks, inputs, internals, replica
 from tfpar.cluster import checkpoint, chief
+from tfpar.comm.powersgd import PowerSGD
+from tfpar.core import checks, inputs, internals, replica
 from tfpar.strategies import contract, registry
-from tfpar.strategies.powersgd import PowerSGD
 
 _LOG = logging.getLogger("tfpar")
 _FIT_ARGS = frozenset(inspect.signature(keras.Model.fit).parameters) - {"self", "x", "y"}
@@ -38,7 +38,7 @@ def fit_distributed(
     Build and compile the model as usual, outside any strategy scope. Data
     parallel strategies train the caller's model object itself, its
     variables moved into the strategy's scope for the duration
-    (`tfpar.in_place`); pipelines train a twin placed on their devices with
+    (`tfpar.core.in_place`); pipelines train a twin placed on their devices with
     identical weights, optimizer configuration and state, loss and metrics,
     and write the trained weights and optimizer state back (callbacks see
     the twin during training). Either way `model.evaluate`, `model.predict`

@@ -23,8 +23,8 @@ import inspect
 
 import keras
 
-from tfpar import checks, inputs
 from tfpar import fit as fit_lib
+from tfpar.core import checks, inputs
 from tfpar.strategies import contract
 
 _PREDICT_ARGS = frozenset(inspect.signature(keras.Model.predict).parameters) - {"self", "x"}

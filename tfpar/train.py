@@ -122,7 +122,7 @@ def _strategy(tfpar):
         # Before any other TensorFlow work: collectives are set at startup.
         strategy = tfpar.strategies.MultiWorker.current()
         compression = None if FLAGS.compression == "none" else FLAGS.compression
-        if tfpar.strategies.compression.resolve(compression) != strategy.compression:
+        if tfpar.comm.compression.resolve(compression) != strategy.compression:
             raise app.UsageError(
                 f"--compression={FLAGS.compression}, but the workers' strategy was made at startup "
                 f"with compression={strategy.compression!r}: give it to the launcher, "
@@ -196,7 +196,7 @@ def _pipeline(tfpar, model, kind: str):
     balance = FLAGS.balance
     devices = FLAGS.devices
     if balance == "auto":
-        stages = (devices or len(tfpar.devices.local_devices())) // FLAGS.data_parallel
+        stages = (devices or len(tfpar.core.devices.local_devices())) // FLAGS.data_parallel
         two = stages == 2
         balance = tfpar.models.encoder_decoder_balance(model) if kind == "transformer" and two else "params"
     elif balance not in ("params", "flops", "time"):

@@ -19,15 +19,17 @@ BINARIES = {"train": "tfpar/train.py", "bench": "tfpar/bench/__main__.py",
             "launch": "tfpar/launch.py", "server": "tfpar/server.py"}
 # name, what it holds (a folder or files), the libraries it may import.
 LIBRARIES = [
-    ("core", ["tfpar/checks.py", "tfpar/devices.py", "tfpar/in_place.py", "tfpar/inputs.py",
-              "tfpar/internals.py", "tfpar/lookups.py", "tfpar/microbatch.py", "tfpar/replica.py", "tfpar/table.py"], []),
+    ("core", ["tfpar/core/"], []),
+    ("comm", ["tfpar/comm/"], ["core"]),
+    ("replication", ["tfpar/replication/"], ["core"]),
     ("pipeline", ["tfpar/pipeline/"], ["core"]),
     ("cluster", ["tfpar/cluster/"], ["core"]),
-    ("strategies", ["tfpar/strategies/"], ["core", "pipeline", "cluster"]),
-    ("planner", ["tfpar/planner/"], ["core", "pipeline", "strategies"]),
+    ("strategies", ["tfpar/strategies/"], ["core", "comm", "replication", "pipeline", "cluster"]),
+    ("planner", ["tfpar/planner/"], ["core", "replication", "pipeline", "strategies"]),
     ("models", ["tfpar/models/"], ["pipeline"]),
-    ("tfpar", ["tfpar/"], ["core", "pipeline", "cluster", "strategies", "planner", "models"]),
-    ("bench", ["tfpar/bench/"], ["tfpar", "core", "pipeline", "cluster", "planner"]),
+    ("tfpar", ["tfpar/"], ["core", "comm", "replication", "pipeline", "cluster", "strategies", "planner",
+                          "models"]),
+    ("bench", ["tfpar/bench/"], ["tfpar", "core", "comm", "pipeline", "cluster", "planner"]),
 ]
 # Top-level import name -> pip requirement.
 REQUIREMENTS = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "absl": "absl-py",

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import multi_worker_job
-import tfpar
 from tfpar.cluster import checkpoint
+import tfpar
 
 from conftest import assert_same_weights, build_mlp, compile_model, make_data, weights_of
 

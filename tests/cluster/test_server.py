@@ -19,8 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIENT = """import os, subprocess, sys, time
 import numpy as np
 import keras
-import tfpar
 from tfpar.cluster import peers
+import tfpar
 
 ports = peers.free_ports(2)
 addresses = [f"localhost:{p}" for p in ports]
@@ -30,7 +30,7 @@ servers = [subprocess.Popen([sys.executable, "-m", "tfpar.server", "--cluster", 
 try:
     for s in servers:
         assert "serving" in s.stdout.readline()
-    devices = tfpar.devices.connect(addresses)
+    devices = tfpar.core.devices.connect(addresses)
     print("remote devices", devices)
     def build():
         keras.utils.set_random_seed(0)

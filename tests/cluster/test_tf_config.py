@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from tfpar.cluster import peers
-from tfpar.cluster import tf_config as cluster
+from tfpar.cluster import peers, tf_config as cluster
 
 
 def test_local_configs_describe_one_loopback_cluster():

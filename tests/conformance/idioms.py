@@ -668,7 +668,7 @@ def bert_classifier():
     # them for positions and summed their rows per micro-batch, which Adam
     # squares differently: 2.7e-3 from one device under GPipe(2, M=2) and
     # 5.3e-4 under DataParallel(2, microbatches=2); the kind of lookup is
-    # read from the step's graph (tfpar.lookups.depends_on_batch).
+    # read from the step's graph (tfpar.core.lookups.depends_on_batch).
     backbone = _hub().models.BertBackbone(
         vocabulary_size=HUB_VOCAB, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
         max_sequence_length=16, dropout=0.0)

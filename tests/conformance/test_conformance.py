@@ -21,8 +21,8 @@ import keras
 import numpy as np
 import pytest
 
-import tfpar
 from tfpar.strategies import DataParallel, GPipe, ModelSplit
+import tfpar
 
 import idioms
 from conftest import weights_of

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-import tfpar
 from tfpar.pipeline import placement
 from tfpar.strategies import DataParallel, GPipe, ModelSplit
+import tfpar
 
 from conftest import assert_same_weights, weights_of
 

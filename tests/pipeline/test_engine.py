@@ -4,10 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-import tfpar
-from tfpar.pipeline import schedule as schedule_lib
-from tfpar.pipeline import step as step_lib
+from tfpar.pipeline import schedule as schedule_lib, step as step_lib
 from tfpar.strategies import GPipe
+import tfpar
 
 from conftest import build_mlp, compile_model, make_data
 

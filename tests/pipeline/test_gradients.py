@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpar import microbatch
+from tfpar.core import microbatch
 from tfpar.pipeline import gradients
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfpar
 from tfpar.pipeline import placement
 from tfpar.strategies import GPipe, ModelSplit
+import tfpar
 
 from conftest import compile_model
 

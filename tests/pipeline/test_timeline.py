@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-import tfpar
 from tfpar.pipeline import schedule
-from tfpar.strategies import DataParallel, GPipe
 from tfpar.pipeline.timeline import Interval, PipelineTimeline, chrome_trace, ideal_bubble, intervals, measured_bubble
+from tfpar.strategies import DataParallel, GPipe
+import tfpar
 
 from conftest import build_mlp, compile_model, make_data
 

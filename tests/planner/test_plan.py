@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from absl import flags
 
-import tfpar
 from tfpar import train
-from tfpar.planner.cost_model import Coefficients
 from tfpar.bench import __main__ as bench
+from tfpar.planner.cost_model import Coefficients
+import tfpar
 
 from conftest import ADAM_ATOL, assert_same_weights, weights_of
 

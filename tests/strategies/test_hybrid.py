@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfpar
 from tfpar.strategies import GPipe, ModelSplit
+import tfpar
 
 from conftest import assert_same_weights, weights_of
 from test_pipeline_contract import FIT, build, data, reference

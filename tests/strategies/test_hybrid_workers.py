@@ -111,7 +111,7 @@ def test_workers_outside_a_multi_worker_job_is_a_clear_error():
 
 
 def test_the_last_batch_must_give_every_worker_a_sample():
-    from tfpar.strategies import worker_shards
+    from tfpar.pipeline import worker_shards
 
     assert worker_shards.rows(10, 4, 2, 0).tolist() == [0, 1, 4, 5, 8]  # the last batch: 2 rows
     with pytest.raises(ValueError, match=r"last batch holds 1 sample\(s\), fewer than the 2 workers"):

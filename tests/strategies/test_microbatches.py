@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfpar
 from tfpar.strategies import DataParallel
+import tfpar
 
 from conftest import ADAM_ATOL, assert_same_weights, build_mlp, compile_model, make_data, weights_of
 

@@ -5,7 +5,7 @@ devices, each layer from its config. A custom layer whose `get_config()`
 forgets a constructor argument (or a nested model that has none) cannot be
 rebuilt; plain `model.fit` never notices. Under ModelSplit and GPipe such a
 layer is trained itself, its variables moved to its stage's device and back
-(`tfpar.in_place.OwnLayers`): exact against one device, and the caller's
+(`tfpar.core.in_place.OwnLayers`): exact against one device, and the caller's
 model ends as `model.fit` leaves it (plain variables, `model.save` and a
 later plain `fit` working). A pipeline trained data parallel needs a copy
 per replica, so there the layer is refused before training, by name.
@@ -15,8 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-import tfpar
 from tfpar.strategies import GPipe, ModelSplit
+import tfpar
 
 from conftest import ADAM_ATOL, assert_same_weights, weights_of
 

@@ -15,8 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-import tfpar
 from tfpar.strategies import GPipe, ModelSplit
+import tfpar
 
 from conftest import assert_same_weights, weights_of
 

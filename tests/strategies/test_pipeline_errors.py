@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-import tfpar
 from tfpar.strategies import GPipe, ModelSplit
+import tfpar
 
 from conftest import build_mlp, compile_model, make_data, weights_of
 

@@ -20,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import tfpar
 from tfpar.bench import timing
+import tfpar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     tfpar.configure_devices(cpu=args.devices, intra_op_threads=1)
-    devices = tfpar.devices.local_devices("CPU")[: args.devices]
+    devices = tfpar.core.devices.local_devices("CPU")[: args.devices]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.samples, 256)).astype("float32")
     y = rng.integers(0, 10, size=args.samples)
@@ -84,7 +84,7 @@ def _powersgd(args, devices, x, y) -> dict:
         timer = timing.StepTimer()
         tfpar.fit_distributed(_model(args), x, y, batch_size=args.batch_size, epochs=2, verbose=0,
                               shuffle=False, callbacks=[timer], strategy=strategy)
-        ops = tfpar.internals.cross_device_ops(strategy.extended)
+        ops = tfpar.core.internals.cross_device_ops(strategy.extended)
         model_bytes = sum(v.numpy().nbytes for v in _model(args).trainable_weights)
         sent = getattr(ops, "sent_bytes", model_bytes)
         result[str(compression)] = sent

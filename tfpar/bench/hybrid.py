@@ -19,8 +19,8 @@ import statistics
 import keras
 import numpy as np
 
-import tfpar
 from tfpar.bench import timing
+import tfpar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,8 +23,8 @@ import statistics
 import sys
 import threading
 
-from tfpar.cluster import launch
 from tfpar.bench import timing
+from tfpar.cluster import launch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

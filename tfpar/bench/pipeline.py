@@ -35,9 +35,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import tfpar
-from tfpar.pipeline import schedule as schedule_lib
 from tfpar.bench import timing
+from tfpar.pipeline import schedule as schedule_lib
+import tfpar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> dict:
         return {}
     tfpar.configure_devices(cpu=args.devices,
                             intra_op_threads=None if args.tf_default_threading else 1)
-    devices = tfpar.devices.local_devices("CPU")[: args.devices]
+    devices = tfpar.core.devices.local_devices("CPU")[: args.devices]
     k = len(devices)
     values = [int(v) for v in args.microbatches.split(",")]
     if 1 not in values:

@@ -26,9 +26,9 @@ import sys
 import keras
 import numpy as np
 
-import tfpar
 from tfpar.bench import timing
 from tfpar.planner import trials
+import tfpar
 
 MODELS = ("mlp", "cnn", "transformer")
 

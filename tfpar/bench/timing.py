@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfpar.planner.trials import StepTimer  # noqa: F401  (the benchmarks time steps with it)
-from tfpar.table import format_table
+from tfpar.core.table import format_table
 
 
 class EpochTimer(keras.callbacks.Callback):

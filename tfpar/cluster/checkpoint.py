@@ -21,7 +21,7 @@ import tempfile
 import keras
 import numpy as np
 
-from tfpar import inputs
+from tfpar.core import inputs
 
 _STATE, _POSITION = "state.npz", "position.json"
 

@@ -2,7 +2,7 @@
 
 Model-split and pipeline stages can live on other processes or hosts: each
 runs a `tf.distribute.Server` for its task, and the training program connects
-to the cluster (`tfpar.devices.connect(...)`) and names their devices, e.g.
+to the cluster (`tfpar.core.devices.connect(...)`) and names their devices, e.g.
 "/job:worker/replica:0/task:1/device:CPU:0". The cluster and task come from
 TF_CONFIG, or from the flags:
 

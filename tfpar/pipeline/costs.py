@@ -9,12 +9,11 @@ measured on a random batch on this machine).
 from __future__ import annotations
 
 import math
-import statistics
-import time as time_lib
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from tfpar.core import timing
 
 KINDS = ("params", "flops", "time")
 
@@ -77,27 +76,9 @@ def flops(op, outputs=None) -> int:
 
 def measured_seconds(op, batch_size: int, repeats: int = 5) -> float:
     """Median forward time of `op` on a random batch (inference mode)."""
-    inputs = [random_batch(t, batch_size) for t in keras.tree.flatten(op.input)]
+    inputs = [timing.random_batch(t, batch_size) for t in keras.tree.flatten(op.input)]
     call_args = inputs[0] if len(inputs) == 1 else inputs
-    return median_seconds(lambda: op(call_args), repeats)
-
-
-def median_seconds(run, repeats: int = 5) -> float:
-    """Median wall time of `run()` over `repeats` calls after one warm-up
-    call (tracing, allocation), each waiting for every tensor it returns."""
-    _wait(run())
-    seconds = []
-    for _ in range(repeats):
-        start = time_lib.perf_counter()
-        _wait(run())
-        seconds.append(time_lib.perf_counter() - start)
-    return statistics.median(seconds)
-
-
-def _wait(result) -> None:
-    for t in keras.tree.flatten(result):
-        if t is not None:
-            np.asarray(t)  # the value exists only once computed
+    return timing.median_seconds(lambda: op(call_args), repeats)
 
 
 def _projects(outputs, op) -> bool:
@@ -123,14 +104,3 @@ def _attention_products(op) -> int:
     length = query[1] if len(query) > 2 else 1
     heads, width = op.num_heads, op.key_dim
     return 4 * length * length * heads * width
-
-
-def random_batch(tensor, batch_size: int):
-    """A random (or, for integer inputs, all-ones) batch shaped like `tensor`."""
-    shape = (batch_size, *[d or 1 for d in tensor.shape[1:]])
-    dtype = tf.as_dtype(tensor.dtype)
-    if dtype.is_integer or dtype == tf.bool:
-        # Token 1: ids index tables of at least two rows, and 0 is often the
-        # padding a mask would hide (all of it, which would time nothing).
-        return tf.ones(shape, dtype)
-    return tf.random.normal(shape, dtype=dtype)

@@ -29,14 +29,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfpar import internals
-from tfpar.pipeline import gradients as gradients_lib
-from tfpar.pipeline import replicas as replicas_lib
-from tfpar.pipeline import schedule as schedule_lib
-from tfpar.pipeline import stage_calls
-from tfpar.pipeline import timeline as timeline_lib
+from tfpar.core import internals
+from tfpar.core.microbatch import MicroBatches
+from tfpar.pipeline import gradients as gradients_lib, replicas as replicas_lib, schedule as schedule_lib
+from tfpar.pipeline import stage_calls, timeline as timeline_lib
 from tfpar.pipeline.placement import Graph
-from tfpar.microbatch import MicroBatches
 from tfpar.pipeline.step import Step
 
 

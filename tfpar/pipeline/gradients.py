@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfpar import microbatch
+from tfpar.core import microbatch
 
 
 class GradientSum:

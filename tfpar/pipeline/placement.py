@@ -25,11 +25,11 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from tfpar.core import in_place, internals
+from tfpar.core import replica
+from tfpar.core.table import format_table
 from tfpar.pipeline import costs as costs_lib
-from tfpar import in_place, internals
 from tfpar.pipeline import partition as partition_lib
-from tfpar import replica
-from tfpar.table import format_table
 
 
 @dataclasses.dataclass

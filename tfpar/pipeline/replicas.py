@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar import lookups, microbatch
+from tfpar.core import lookups, microbatch
 
 # Group and instance keys of tfpar's collectives: far above the ones
 # tf.distribute hands out in the same process, which count up from 1.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar import internals
+from tfpar.core import internals
 
 
 class Deferred:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar import internals
+from tfpar.core import internals
 
 # The op types whose input Keras' losses read in place of their output when
 # no `_keras_logits` is attached (keras/src/backend/tensorflow/nn.py

@@ -21,9 +21,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfpar.core.microbatch import MicroBatches
 from tfpar.pipeline import remat, split_backward
 from tfpar.pipeline.gradients import tensors_of
-from tfpar.microbatch import MicroBatches
 from tfpar.pipeline.stage_calls import (added_losses, differentiable, differentiable_keyed,
                                         loss_sources, run)
 

@@ -50,8 +50,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from tfpar.pipeline import partition as partition_lib
-from tfpar.pipeline import schedule as schedule_lib
+from tfpar.pipeline import partition as partition_lib, schedule as schedule_lib
 
 
 @dataclasses.dataclass(frozen=True)

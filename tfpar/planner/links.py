@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tfpar.pipeline import costs
+from tfpar.core import timing
 from tfpar.planner.cost_model import Links
 
 # Two sizes far apart, so that latency and bandwidth separate: 64 KiB is
@@ -81,7 +81,7 @@ def _all_reduce_seconds(devices, nbytes: int, repeats: int) -> float:
             return tf.distribute.get_replica_context().all_reduce("sum", value.read_value())
         return strategy.run(replica)
 
-    return costs.median_seconds(lambda: strategy.experimental_local_results(step()), repeats)
+    return timing.median_seconds(lambda: strategy.experimental_local_results(step()), repeats)
 
 
 def _copy_seconds(source: str, target: str, nbytes: int, repeats: int) -> float:
@@ -94,4 +94,4 @@ def _copy_seconds(source: str, target: str, nbytes: int, repeats: int) -> float:
             # A reduction on the target makes the copy happen there.
             return tf.reduce_sum(tf.identity(value.read_value()))
 
-    return costs.median_seconds(copy, repeats)
+    return timing.median_seconds(copy, repeats)

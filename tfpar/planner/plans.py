@@ -28,15 +28,13 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar import devices as devices_lib
-from tfpar.strategies import device_speeds as speeds_lib
-from tfpar import checks
-from tfpar.planner import calibrate as calibrate_lib
-from tfpar.planner import links as links_lib
-from tfpar.planner import profile as profile_lib
+from tfpar.core import checks
+from tfpar.core import devices as devices_lib
+from tfpar.core.table import format_table
+from tfpar.planner import calibrate as calibrate_lib, links as links_lib, profile as profile_lib
 from tfpar.planner import search, trials
 from tfpar.planner.cost_model import Coefficients, Machine, gib
-from tfpar.table import format_table
+from tfpar.replication import device_speeds as speeds_lib
 
 # At most this many of the fastest predicted layouts run for real before
 # the choice.
@@ -120,7 +118,7 @@ def plan(model: keras.Model, batch_size: int, devices: int | Sequence[str] | Non
     if device_speeds == "measure":
         speeds = speeds_lib.measure_device_speeds(model, names, max(1, batch_size // len(names)))
     elif device_speeds is not None:
-        from tfpar.strategies import speed_shares
+        from tfpar.replication import speed_shares
 
         speed_shares.check_speeds(device_speeds, len(names))
         speeds = [float(s) for s in device_speeds]

@@ -26,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpar import internals
-from tfpar.pipeline import costs, placement
+from tfpar.core import internals, timing
+from tfpar.pipeline import placement
 from tfpar.planner.cost_model import LayerCost, ModelProfile
 
 
@@ -106,8 +106,8 @@ def _layer_seconds(layer, rows: list[int], repeats: int) -> tuple[list[tuple[flo
                 total = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32)) for o in outputs])
             return tape.gradient(total, variables + floats, unconnected_gradients="zero")
 
-        f = costs.median_seconds(lambda: forward(inputs), repeats)
-        fb = costs.median_seconds(lambda: forward_backward(inputs, floats), repeats)
+        f = timing.median_seconds(lambda: forward(inputs), repeats)
+        fb = timing.median_seconds(lambda: forward_backward(inputs, floats), repeats)
         result.append((f, max(fb - f, 0.0)))
         made.append(_forward_bytes(forward.get_concrete_function(inputs).graph))
     per_sample = (made[-1] - made[0]) / (rows[-1] - rows[0]) if len(rows) > 1 else made[0] / rows[0]
@@ -140,7 +140,7 @@ def _model_seconds(model, rows: list[int], repeats: int) -> list[tuple[float, fl
     variables = model.trainable_variables
     result = []
     for n in rows:
-        inputs = [costs.random_batch(t, n) for t in model.inputs]
+        inputs = [timing.random_batch(t, n) for t in model.inputs]
         inputs = inputs[0] if len(inputs) == 1 else inputs
 
         @tf.function
@@ -154,8 +154,8 @@ def _model_seconds(model, rows: list[int], repeats: int) -> list[tuple[float, fl
                 total = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32)) for o in outputs])
             return tape.gradient(total, variables, unconnected_gradients="zero")
 
-        f = costs.median_seconds(lambda: forward(inputs), repeats)
-        fb = costs.median_seconds(lambda: forward_backward(inputs), repeats)
+        f = timing.median_seconds(lambda: forward(inputs), repeats)
+        fb = timing.median_seconds(lambda: forward_backward(inputs), repeats)
         result.append((f, max(fb - f, 0.0)))
     return result
 
@@ -175,7 +175,7 @@ def _update_seconds(model, repeats: int) -> float:
         copy.apply_gradients(zip(grads, variables))
         return [variables[0].value]
 
-    return costs.median_seconds(apply, repeats)
+    return timing.median_seconds(apply, repeats)
 
 
 def _fit(rows: list[int], seconds: list[float]) -> tuple[float, float]:
@@ -202,7 +202,7 @@ def _rescaled(fits, whole):
 
 def _random(value, rows: int):
     if isinstance(value, keras.KerasTensor):
-        return costs.random_batch(value, rows)
+        return timing.random_batch(value, rows)
     return value
 
 

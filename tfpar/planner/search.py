@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from tfpar.core import shares as shares_lib
 from tfpar.pipeline import schedule as schedule_lib
 from tfpar.planner import cost_model
 from tfpar.planner.cost_model import Coefficients, Links, Machine, ModelProfile, Prediction, gib
@@ -171,9 +172,7 @@ def _data_parallel(model, machine, links, batch_size, replicas) -> Candidate:
     speeds = machine.speeds[:replicas] if machine.speeds else None
     shares = None
     if speeds and len(set(speeds)) > 1:
-        from tfpar.strategies import speed_shares  # pure Python arithmetic
-
-        shares = speed_shares.shares(batch_size, speeds)
+        shares = shares_lib.shares(batch_size, speeds)
         options["device_speeds"] = list(speeds)
         name = f"DataParallel({replicas}, shares {':'.join(str(s) for s in shares)})"
     elif batch_size % replicas:

@@ -29,8 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpar import replica
-from tfpar.pipeline import costs
+from tfpar.core import replica, timing
 from tfpar.strategies import contract
 
 
@@ -72,7 +71,7 @@ def run(model: keras.Model, strategy, batch_size: int, *, devices: list[str] | N
     optimizer = model.optimizer
     twin.compile(optimizer=type(optimizer).from_config(optimizer.get_config()), loss="mse")
     rows = batch_size * (steps + warmup)
-    x = [costs.random_batch(t, rows).numpy() for t in model.inputs]
+    x = [timing.random_batch(t, rows).numpy() for t in model.inputs]
     y = [np.random.default_rng(0).normal(size=(rows, *[d or 1 for d in t.shape[1:]])).astype("float32")
          for t in model.outputs]
     x, y = (x[0] if len(x) == 1 else x), (y[0] if len(y) == 1 else y)

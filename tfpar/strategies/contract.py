@@ -17,10 +17,11 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
-from tfpar import in_place, inputs
-from tfpar.strategies import compression, replica_steps, speed_shares
-from tfpar.strategies.equal_shares import equal_shares
-from tfpar.strategies.worker_steps import worker_steps_installed
+from tfpar.comm import compression
+from tfpar.core import in_place, inputs
+from tfpar.replication import replica_steps, speed_shares
+from tfpar.replication.equal_shares import equal_shares
+from tfpar.replication.train_function import train_function_installed
 
 
 class Runner(Protocol):
@@ -145,7 +146,7 @@ class _Distribute:
         speed_shares.prepare(self.strategy, model, inputs.global_batch(x, fit_kwargs))
         compression.prepare(self.strategy, model)  # PowerSGD's state, outside the scope
         with self.strategy.scope(), equal_shares(model, self.strategy), \
-                worker_steps_installed(model, self.strategy, (x, y, fit_kwargs)) as (x, y, fit_kwargs):
+                train_function_installed(model, self.strategy, (x, y, fit_kwargs)) as (x, y, fit_kwargs):
             return model.fit(x, y, **fit_kwargs)
 
     def predict(self, model: keras.Model, x, predict_kwargs: dict):
@@ -155,5 +156,5 @@ class _Distribute:
     def evaluate(self, model: keras.Model, x, y, evaluate_kwargs: dict):
         speed_shares.prepare(self.strategy, model, inputs.global_batch(x, evaluate_kwargs))
         with self.strategy.scope(), equal_shares(model, self.strategy), \
-                worker_steps_installed(model, self.strategy):
+                train_function_installed(model, self.strategy):
             return model.evaluate(x, y, **evaluate_kwargs)

@@ -15,10 +15,9 @@ import itertools
 
 import tensorflow as tf
 
-from tfpar import checks, internals
-from tfpar import devices as devices_lib
-from tfpar.strategies import compression as compression_lib
-from tfpar.strategies import replica_steps, speed_shares
+from tfpar.comm import compression as compression_lib
+from tfpar.core import checks, devices as devices_lib, internals
+from tfpar.replication import replica_steps, speed_shares
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
 ALL_REDUCE = ("auto", "ring", "nccl", "reduce_to_one")
@@ -50,7 +49,7 @@ class DataParallel(tf.distribute.MirroredStrategy):
         dtype for the all-reduce and back afterwards, halving the bytes
         exchanged at the cost of that dtype's rounding. "powersgd" (rank 2)
         or `PowerSGD(rank=r)`: weight matrices' gradients travel as rank-r
-        factors with error feedback (`tfpar.strategies.powersgd`; prepared
+        factors with error feedback (`tfpar.comm.powersgd`; prepared
         by `fit_distributed`), other tensors as they are. Not applied inside
         XLA-compiled steps, where TensorFlow always uses its own collectives.
       bytes_per_pack: collectives are packed into chunks of about this many

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tfpar import checks
+from tfpar.core import checks
 from tfpar.pipeline import schedule as schedule_lib
 from tfpar.strategies.model_split import ModelSplit
 

@@ -13,12 +13,11 @@ from collections.abc import Sequence
 
 import keras
 
-from tfpar import checks, in_place, internals, replica
-from tfpar import devices as devices_lib
-from tfpar.pipeline import costs, placement
-from tfpar.pipeline import replicas as replicas_lib
+from tfpar.core import checks, devices as devices_lib, in_place, internals, replica
+from tfpar.pipeline import costs, placement, replicas as replicas_lib
+from tfpar.pipeline import worker_shards
 from tfpar.pipeline.engine import PipelineModel
-from tfpar.strategies import contract, worker_shards
+from tfpar.strategies import contract
 from tfpar.strategies.multi_worker import MultiWorker
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar import checks
-from tfpar import devices as devices_lib
 from tfpar.cluster import peers, startup, tf_config
-from tfpar.strategies import compression as compression_lib
-from tfpar.strategies import replica_steps
+from tfpar.comm import compression as compression_lib
+from tfpar.core import checks, devices as devices_lib
+from tfpar.replication import replica_steps
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
 # TensorFlow allows one set of collectives per process: the first

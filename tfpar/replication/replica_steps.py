@@ -1,0 +1,247 @@
+"""The train and test steps each data-parallel replica runs.
+
+Keras' own steps (TensorFlow trainer, Keras 3.15) with two additions:
+
+- Padded batches (`equal_shares`): each element carries a mark per row,
+  the loss weight of that row (0 for padding). The loss weighs each row by
+  its mark, the loss tracker counts the real rows only, and metrics see the
+  real rows only (padding sits at the end of each replica's share).
+- Micro-batches (`microbatches=k`): the replica's share runs as k
+  micro-batches, one after another, each micro-batch's forward waiting for
+  the previous one's gradients, so that one micro-batch's activations are
+  alive at a time. Each micro-batch's mean loss counts by its share of the
+  replica's rows, so the summed gradient is the share's: the optimizer then
+  all-reduces once per step, as without micro-batches.
+
+Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> steps = ReplicaSteps(model, microbatches=2)
+    >>> steps.install()  # fit_distributed does this in the strategy's scope
+    >>> steps.remove()
+    >>> custom_steps(model)  # Keras' own steps: micro-batches apply
+    []
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import keras
+import tensorflow as tf
+
+from tfpar.core import internals, lookups, microbatch
+
+
+class ReplicaSteps:
+    """Installs marked, micro-batched train and test steps on a model.
+
+    Args:
+      model: the compiled model (tfpar's replica of the caller's).
+      microbatches: k, the sequential micro-batches of each replica's share.
+    """
+
+    def __init__(self, model: keras.Model, microbatches: int = 1):
+        self.model = model
+        self.microbatches = microbatches
+
+    def install(self) -> None:
+        self.model.train_step = self.train_step
+        self.model.test_step = self.test_step
+
+    def remove(self) -> None:
+        model = self.model
+        del model.train_step, model.test_step
+        # Keras caches the functions traced from the steps.
+        model.train_function = model.test_function = None
+
+    def train_step(self, data):
+        model = self.model
+        x, y, weights, marks = unpack(data)
+        weights = _row_weights(y, weights, marks)
+        variables = model.trainable_weights
+        k = self.microbatches
+        if k == 1:
+            parts, shares = [(x, y, weights)], [None]
+        else:
+            micro = microbatch.MicroBatches(keras.tree.flatten(x), (y, weights), None, k)
+            parts = [(keras.tree.pack_sequence_as(x, micro.x[m]), *micro.y[m]) for m in range(k)]
+            shares = [micro.share(m, tf.float32) for m in range(k)]
+        loss, predictions, previous, first_grads = None, [], [], None
+        grads = [None] * len(variables)
+        for (part_x, part_y, part_weights), share in zip(parts, shares):
+            # One micro-batch's activations at a time: its forward waits for
+            # the previous micro-batch's gradients.
+            with tf.control_dependencies(previous), tf.GradientTape() as tape:
+                y_pred = _call(model, part_x, training=True)
+                part_loss = internals.compute_loss(model, x=part_x, y=part_y, y_pred=y_pred,
+                                                   sample_weight=part_weights, training=True)
+                if share is not None:
+                    # A micro-batch's mean counts by its share of the rows.
+                    part_loss = part_loss * tf.cast(share, part_loss.dtype)
+                scaled = model.optimizer.scale_loss(part_loss)
+            part_grads = tape.gradient(scaled, variables) if variables else []
+            # Whose rows are per sample, read from one micro-batch's own
+            # gradients (their combination is a cond over all of them).
+            first_grads = first_grads or part_grads
+            grads = [_sum(g, p) for g, p in zip(grads, part_grads)]
+            # The next forward waits for the running sums, so that this
+            # micro-batch's gradients are added (and freed) first.
+            previous = [t for g in grads if g is not None
+                        for t in ([p.values for p in g] if isinstance(g, list) else [g])]
+            loss = part_loss if loss is None else loss + part_loss
+            predictions.append(y_pred)
+        batch = [t for t in keras.tree.flatten(data) if t is not None]
+        grads = [microbatch.combine_lookup(g, batch) if isinstance(g, list) else g for g in grads]
+        _track_loss(model, loss, marks)
+        if variables:
+            # Last layers first: their gradients exist first in the backward,
+            # and collectives launch in this order (packed by bytes_per_pack),
+            # so the first packs can travel while earlier layers' gradients
+            # are still being computed. Each weight's update is its own, so
+            # the order changes nothing else.
+            with internals.rows_added_across_replicas(model.optimizer, _shared_lookups(first_grads, variables, data)):
+                model.optimizer.apply_gradients(zip(grads[::-1], variables[::-1]))
+        else:
+            warnings.warn("The model does not have any trainable weights.")
+        if k == 1:
+            y_pred = predictions[0]
+        else:
+            flat = [micro.merge(list(p)) for p in zip(*[keras.tree.flatten(p) for p in predictions])]
+            y_pred = keras.tree.pack_sequence_as(predictions[0], flat)
+        return self._metrics(data, y_pred)
+
+    def test_step(self, data):
+        model = self.model
+        x, y, weights, marks = unpack(data)
+        y_pred = _call(model, x, training=False)
+        loss = internals.compute_loss(model, x=x, y=y, y_pred=y_pred,
+                                      sample_weight=_row_weights(y, weights, marks), training=False)
+        _track_loss(model, loss, marks)
+        return self._metrics(data, y_pred)
+
+    def _metrics(self, data, y_pred):
+        x, y, weights, marks = unpack(data)
+        real = tf.math.count_nonzero(marks, dtype=tf.int32)
+        cut = lambda tree: keras.tree.map_structure(lambda t: t[:real], tree)  # noqa: E731
+        return self.model.compute_metrics(
+            cut(x), cut(y), cut(y_pred), sample_weight=None if weights is None else cut(weights))
+
+
+# Ids of the strategies whose datasets fit_distributed is distributing.
+_ACTIVE = set()
+
+
+@contextlib.contextmanager
+def active(strategy):
+    """Marks `strategy` as run by tfpar for the duration."""
+    _ACTIVE.add(id(strategy))
+    try:
+        yield
+    finally:
+        _ACTIVE.discard(id(strategy))
+
+
+def warn_unless_installed(strategy) -> None:
+    """Warns when a strategy with micro-batches distributes a dataset
+    outside `fit_distributed` (plain `model.fit` in its scope), where
+    Keras' own step runs and micro-batches would be ignored; the same for
+    shares by device speed."""
+    if id(strategy) in _ACTIVE:
+        return
+    if getattr(strategy, "microbatches", 1) > 1:
+        warnings.warn(
+            f"{type(strategy).__name__}(microbatches={strategy.microbatches}) cuts each "
+            "replica's share into micro-batches only in tfpar.fit_distributed; plain "
+            "model.fit in the strategy's scope runs Keras' own step on whole shares.",
+            stacklevel=3,
+        )
+    if getattr(strategy, "device_speeds", None) is not None:
+        warnings.warn(
+            f"{type(strategy).__name__}(device_speeds={strategy.device_speeds!r}) gives "
+            "replicas shares by speed only in tfpar.fit_distributed and "
+            "evaluate_distributed; plain Keras in the strategy's scope splits each batch "
+            "equally.",
+            stacklevel=3,
+        )
+
+
+def custom_steps(model: keras.Model) -> list[str]:
+    """Which of `train_step` and `test_step` the model's class overrides."""
+    return [name for name in ("train_step", "test_step")
+            if getattr(type(model), name) is not getattr(keras.Model, name)]
+
+
+def check_own_train_step(model: keras.Model, microbatches: int) -> None:
+    """Refuses, before training, micro-batches for a model whose own
+    `train_step` tfpar cannot cut.
+
+    Raises:
+      ValueError: `microbatches` > 1 and the model overrides `train_step`.
+    """
+    if microbatches > 1 and "train_step" in custom_steps(model):
+        raise ValueError(
+            f"microbatches={microbatches} runs Keras' train step on {microbatches} micro-batches "
+            f"per replica, but model {model.name!r} overrides ['train_step'], which tfpar "
+            "runs as it is and cannot cut. Use microbatches=1, or accumulate gradients "
+            "inside your train_step."
+        )
+
+
+def unpack(data):
+    """(x, y, sample_weight or None, marks) of a padded element."""
+    return (*data[:2], data[2] if len(data) == 4 else None, data[-1])
+
+
+def _call(model, x, *, training: bool):
+    return model(x, training=training) if internals.call_has_training_arg(model) else model(x)
+
+
+def _row_weights(y, weights, marks):
+    """The sample weights with each row's mark applied."""
+    if weights is None:
+        # One weight per sample, shaped (n, 1, ...) like each target so
+        # that Keras broadcasts it over whatever axes the loss keeps.
+        return keras.tree.map_structure(
+            lambda t: tf.reshape(marks, [-1] + [1] * (max(t.shape.rank, 1) - 1)), y)
+    return keras.tree.map_structure(
+        lambda w: w * tf.reshape(tf.cast(marks, w.dtype), [-1] + [1] * (w.shape.rank - 1)), weights)
+
+
+def _track_loss(model, loss, marks) -> None:
+    # The tracker averages over real samples: this replica's loss is a
+    # mean over its whole share scaled by `marks` (and by 1/replicas).
+    share = tf.cast(tf.shape(marks)[0], loss.dtype)
+    real = tf.cast(tf.math.count_nonzero(marks), loss.dtype)
+    scale = tf.cast(tf.reduce_max(marks), loss.dtype)
+    per_real = tf.math.divide_no_nan(internals.unscale_loss_for_distribution(loss) * share, scale * real)
+    internals.loss_tracker(model).update_state(per_real, sample_weight=real)
+
+
+def _shared_lookups(grads, variables, data) -> list:
+    """The variables whose sparse gradient comes from ids the batch does not
+    give (positions): each replica has the same rows, which one device has
+    once (`tfpar.core.lookups`)."""
+    batch = [t for t in keras.tree.flatten(data) if t is not None]
+    return [v for g, v in zip(grads, variables)
+            if isinstance(g, tf.IndexedSlices) and not lookups.depends_on_batch(g.indices, batch)]
+
+
+def _sum(total, grad):
+    """Adds one micro-batch's gradient to the running sum. IndexedSlices
+    (embedding lookups) are collected, to be combined as one device would
+    have computed them (`microbatch.combine_lookup`)."""
+    if grad is None:
+        return total
+    if total is None:
+        return [grad] if isinstance(grad, tf.IndexedSlices) else grad
+    if isinstance(total, list):
+        if isinstance(grad, tf.IndexedSlices):
+            return total + [grad]
+        # One tape sums a dense and a sparse gradient into a dense one
+        # (dense, rows side by side or summed are the same tensor).
+        return tf.add_n([tf.convert_to_tensor(s) for s in total]) + grad
+    if isinstance(grad, tf.IndexedSlices):
+        return total + tf.convert_to_tensor(grad)
+    return total + grad
