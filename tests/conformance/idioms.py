@@ -619,6 +619,13 @@ def _hub():
     return keras_hub
 
 
+def _hub_compiled(model, **metrics):
+    # As keras_hub's guides compile their tasks: Adam, logits.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **metrics)
+    return model
+
+
 def gpt2_backbone(**overrides):
     config = dict(vocabulary_size=HUB_VOCAB, num_layers=2, num_heads=2, hidden_dim=32,
                   intermediate_dim=64, max_sequence_length=16, dropout=0.0)
@@ -633,20 +640,14 @@ def gpt2_own_head():
     x = backbone(inputs)
     outputs = layers.Dense(HUB_VOCAB, name="lm_head")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  weighted_metrics=["accuracy"])
-    return model
+    return _hub_compiled(model, weighted_metrics=["accuracy"])
 
 
 def gpt2_causal_lm():
     # keras.io "GPT2 text generation": the causal LM, compiled as there. Its
     # output projection is the token embedding (ReversibleEmbedding, tied).
     model = _hub().models.GPT2CausalLM(backbone=gpt2_backbone(), preprocessor=None)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  weighted_metrics=["accuracy"])
-    return model
+    return _hub_compiled(model, weighted_metrics=["accuracy"])
 
 
 def next_token_data():
@@ -673,10 +674,7 @@ def bert_classifier():
         vocabulary_size=HUB_VOCAB, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
         max_sequence_length=16, dropout=0.0)
     model = _hub().models.BertTextClassifier(backbone, num_classes=2, preprocessor=None, dropout=0.0)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model
+    return _hub_compiled(model, metrics=["accuracy"])
 
 
 def bert_data():

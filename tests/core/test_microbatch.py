@@ -34,3 +34,16 @@ def test_a_batch_smaller_than_m_gives_no_empty_micro_batch():
 
 def test_split_sizes_are_near_equal_larger_first():
     assert split_sizes(tf.constant(10), 4).numpy().tolist() == [3, 3, 2, 2]
+
+
+def test_mean_and_sum_over_batch_size_are_averages_sum_is_not():
+    # Keras divides by the batch's rows for both "mean" and its default;
+    # the data-parallel and pipeline checks share this one rule.
+    import keras
+
+    from tfpar.core.microbatch import unaveraged_losses
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    for reduction, refused in (("mean", False), ("sum_over_batch_size", False), ("sum", True)):
+        model.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError(reduction=reduction))
+        assert bool(unaveraged_losses(model)) is refused, reduction

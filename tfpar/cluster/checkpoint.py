@@ -123,7 +123,7 @@ def resumable_fit(fit, x, y, fit_kwargs: dict, directory: str, every: int, *,
     """
     kwargs = dict(fit_kwargs)
     x, y, kwargs = inputs.split_validation(x, y, kwargs)
-    batch = kwargs.get("batch_size") or 32
+    batch = kwargs.get("batch_size") or inputs.KERAS_DEFAULT_BATCH
     count = int(keras.tree.flatten(x)[0].shape[0])
     steps_per_epoch = -(-count // batch)
     epochs, epoch = kwargs.get("epochs", 1), kwargs.get("initial_epoch", 0) + start_step // steps_per_epoch

@@ -67,3 +67,20 @@ def keras_arguments(name: str, method: str, kwargs: dict, allowed) -> None:
             f"{name} got unexpected argument(s) {unknown}. It takes "
             f"keras.Model.{method}'s arguments: {sorted(allowed)}, plus strategy=."
         )
+
+
+def overridden(model, names) -> list[str]:
+    """Which of the Keras `Model` methods `names` the model's class (or a
+    base of it outside Keras, such as a keras_hub task) defines itself.
+
+    Example:
+        >>> class Mine(keras.Model):
+        ...     def train_step(self, data):
+        ...         return super().train_step(data)
+        >>> overridden(Mine(), ["train_step", "test_step"])
+        ['train_step']
+    """
+    def owner(name):
+        return next(cls for cls in type(model).__mro__ if name in vars(cls))
+
+    return [name for name in names if not owner(name).__module__.startswith("keras.")]

@@ -21,7 +21,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfpar.core import lookups
+from tfpar.core import internals, lookups
+
+# Keras' reductions that divide a batch's summed loss by its row count: the
+# batch's loss is then its parts' losses weighted by their share of rows.
+AVERAGED = ("sum_over_batch_size", "mean")
 
 
 class MicroBatches:
@@ -144,3 +148,18 @@ def combine_lookup(slices: list, batch) -> tf.IndexedSlices:
         [4, 4, 4, 4]
     """
     return combine_slices(slices, per_sample=lookups.depends_on_batch(slices[0].indices, list(batch)))
+
+
+def unaveraged_losses(model: keras.Model) -> list:
+    """The model's compiled losses whose reduction is not an average over
+    the batch (`AVERAGED`): weighting parts of a batch by their rows, as
+    micro-batches and padded replica shares do, is exact only for those.
+
+    Example:
+        >>> model.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError(reduction="sum"))
+        >>> [loss.reduction for loss in unaveraged_losses(model)]
+        ['sum']
+    """
+    losses = keras.tree.flatten(internals.compile_config(model).get("loss"))
+    return [loss for loss in losses if isinstance(loss, keras.losses.Loss)
+            and getattr(loss, "reduction", AVERAGED[0]) not in AVERAGED]

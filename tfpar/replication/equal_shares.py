@@ -27,7 +27,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfpar.core import internals
+from tfpar.core import checks, internals, microbatch
 from tfpar.replication import replica_steps, speed_shares
 
 
@@ -50,7 +50,7 @@ def equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
 def _equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
     replicas = strategy.num_replicas_in_sync
     microbatches = getattr(strategy, "microbatches", 1)
-    custom = replica_steps.custom_steps(model)
+    custom = checks.overridden(model, ["train_step", "test_step"])
     if replicas == 1 and (microbatches == 1 or custom):
         yield
         return
@@ -67,7 +67,7 @@ def _equal_shares(model: keras.Model, strategy: tf.distribute.Strategy):
         with _local_symbolic_build(model, strategy, marked=False):
             yield
         return
-    scale = _averaged_losses(model)
+    scale = not microbatch.unaveraged_losses(model)
     speeds = getattr(strategy, "device_speeds", None)
     if speeds is not None:
         # Shares by speed: each element a replica's share, marked alike.
@@ -132,11 +132,3 @@ def _local_symbolic_build(model: keras.Model, strategy, *, marked: bool):
 
     with internals.override_symbolic_build(model, build):
         yield
-
-
-def _averaged_losses(model: keras.Model) -> bool:
-    """True when every compiled loss is averaged over the batch (Keras'
-    default), the reduction for which real rows are scaled up."""
-    losses = keras.tree.flatten(internals.compile_config(model).get("loss"))
-    return all(getattr(loss, "reduction", "sum_over_batch_size") in ("sum_over_batch_size", "mean")
-               for loss in losses if isinstance(loss, keras.losses.Loss))

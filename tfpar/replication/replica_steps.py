@@ -19,7 +19,7 @@ Example:
     >>> steps = ReplicaSteps(model, microbatches=2)
     >>> steps.install()  # fit_distributed does this in the strategy's scope
     >>> steps.remove()
-    >>> custom_steps(model)  # Keras' own steps: micro-batches apply
+    >>> checks.overridden(model, ["train_step"])  # Keras' own step: micro-batches apply
     []
 """
 
@@ -31,7 +31,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfpar.core import internals, lookups, microbatch
+from tfpar.core import checks, internals, lookups, microbatch
 
 
 class ReplicaSteps:
@@ -167,12 +167,6 @@ def warn_unless_installed(strategy) -> None:
         )
 
 
-def custom_steps(model: keras.Model) -> list[str]:
-    """Which of `train_step` and `test_step` the model's class overrides."""
-    return [name for name in ("train_step", "test_step")
-            if getattr(type(model), name) is not getattr(keras.Model, name)]
-
-
 def check_own_train_step(model: keras.Model, microbatches: int) -> None:
     """Refuses, before training, micro-batches for a model whose own
     `train_step` tfpar cannot cut.
@@ -180,7 +174,7 @@ def check_own_train_step(model: keras.Model, microbatches: int) -> None:
     Raises:
       ValueError: `microbatches` > 1 and the model overrides `train_step`.
     """
-    if microbatches > 1 and "train_step" in custom_steps(model):
+    if microbatches > 1 and checks.overridden(model, ["train_step"]):
         raise ValueError(
             f"microbatches={microbatches} runs Keras' train step on {microbatches} micro-batches "
             f"per replica, but model {model.name!r} overrides ['train_step'], which tfpar "

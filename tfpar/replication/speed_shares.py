@@ -29,7 +29,8 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar.replication import device_speeds as speeds_lib, replica_steps
+from tfpar.core import checks, inputs
+from tfpar.replication import device_speeds as speeds_lib
 
 
 def check_speeds(speeds, replicas: int) -> None:
@@ -58,7 +59,7 @@ def prepare(strategy: tf.distribute.Strategy, model: keras.Model, batch_size: in
     speeds = getattr(strategy, "device_speeds", None)
     if speeds is None:
         return
-    custom = replica_steps.custom_steps(model)
+    custom = checks.overridden(model, ["train_step", "test_step"])
     if custom:
         raise ValueError(
             f"device_speeds gives replicas shares of different sizes, weighted in Keras' own "
@@ -67,7 +68,7 @@ def prepare(strategy: tf.distribute.Strategy, model: keras.Model, batch_size: in
             "shares).")
     if speeds == "measure":
         devices = list(strategy.extended.worker_devices)
-        per_replica = max(1, (batch_size or 32) // len(devices))
+        per_replica = max(1, (batch_size or inputs.KERAS_DEFAULT_BATCH) // len(devices))
         strategy.device_speeds = speeds_lib.measure_device_speeds(model, devices, per_replica)
 
 

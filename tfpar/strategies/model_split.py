@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import keras
 
-from tfpar.core import checks, devices as devices_lib, in_place, internals, replica
+from tfpar.core import checks, devices as devices_lib, in_place, internals, microbatch, replica
 from tfpar.pipeline import costs, placement, replicas as replicas_lib
 from tfpar.pipeline import worker_shards
 from tfpar.pipeline.engine import PipelineModel
@@ -240,8 +240,7 @@ _PIPELINE_RUNS = ("train_step", "test_step", "predict_step", "compute_loss", "co
 
 
 def _check_default_steps(model: keras.Model, strategy: str) -> None:
-    custom = [name for name in _PIPELINE_RUNS
-              if getattr(type(model), name) is not getattr(keras.Model, name)]
+    custom = checks.overridden(model, _PIPELINE_RUNS)
     if custom:
         raise ValueError(
             f"{strategy} runs its own training step, stage by stage, so a model that "
@@ -268,14 +267,11 @@ def _check_no_xla(model: keras.Model, strategy: str) -> None:
 def _check_mean_losses(model: keras.Model) -> None:
     """Micro-batch losses are weighted by their share of the batch, which is
     exact for losses averaged over the batch (Keras' default reduction)."""
-    losses = keras.tree.flatten(internals.compile_config(model).get("loss"))
-    for loss in losses:
-        reduction = getattr(loss, "reduction", "sum_over_batch_size")
-        if isinstance(loss, keras.losses.Loss) and reduction != "sum_over_batch_size":
-            raise ValueError(
-                "Pipelining weights each micro-batch's loss by its share of the "
-                "batch, which equals one-device training for losses averaged "
-                "over the batch (reduction='sum_over_batch_size', Keras' "
-                f"default). Received: loss {loss.name!r} with reduction={reduction!r}. "
-                "Use the default reduction, or microbatches=1."
-            )
+    for loss in microbatch.unaveraged_losses(model):
+        raise ValueError(
+            "Pipelining weights each micro-batch's loss by its share of the "
+            "batch, which equals one-device training for losses averaged "
+            f"over the batch (reduction in {list(microbatch.AVERAGED)}; Keras' "
+            f"default is the first). Received: loss {loss.name!r} with reduction={loss.reduction!r}. "
+            "Use the default reduction, or microbatches=1."
+        )
