@@ -6,3 +6,7 @@ or across workers), and the input stream: `equal_shares` (equal, padded
 shares of uneven batches), `speed_shares` and `device_speeds` (shares by
 device speed), `epoch_stream` (one dataset iterator across epochs).
 """
+
+from tfpar.core import lazy_submodules as _lazy_submodules
+
+__getattr__ = _lazy_submodules(__name__)
