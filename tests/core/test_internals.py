@@ -243,3 +243,32 @@ def test_sublayers_walks_a_layer_and_the_layers_inside_it():
           "sublayers (Layer._flatten_layers)")
     holds(internals.sublayers(keras.layers.Dense(2))[0].__class__ is keras.layers.Dense,
           "sublayers includes the layer itself")
+
+
+def test_input_batch_takes_the_structure_the_model_is_called_with():
+    inputs = {"ids": keras.Input((3,), dtype="int32", name="ids"), "mask": keras.Input((3,), name="mask")}
+    model = keras.Model(inputs, keras.layers.Add()([keras.ops.cast(inputs["ids"], "float32"), inputs["mask"]]))
+    batch = internals.input_batch(model, lambda t: np.zeros((2, 3), t.dtype))
+    holds(sorted(batch) == ["ids", "mask"] and model(batch).shape == (2, 3), "input_batch (_inputs_struct)")
+    sequential = keras.Sequential([keras.layers.Dense(2)])
+    sequential.build((None, 4))
+    holds(internals.input_batch(sequential, lambda t: np.zeros((1, 4), "float32")).shape == (1, 4),
+          "input_batch of a Sequential built without a call")
+
+
+def test_node_counts_forget_calls_and_refresh_variable_keys():
+    layer = keras.layers.Dense(2)
+    layer(keras.Input((3,)))
+    counts = internals.node_counts(layer)
+    holds(counts == (1, 0), "node_counts (_inbound_nodes, _outbound_nodes)")
+    layer(keras.Input((3,)))
+    internals.forget_calls_after(layer, counts)
+    holds(internals.node_counts(layer) == counts, "forget_calls_after")
+    optimizer = keras.optimizers.SGD(0.1)
+    optimizer.build(layer.trainable_variables)
+    for variable in layer.trainable_variables:
+        internals.recreate_variable(variable)
+    internals.refresh_variable_keys(optimizer)
+    optimizer.apply_gradients([(np.ones(v.shape, "float32"), v) for v in layer.trainable_variables])
+    holds(int(optimizer.iterations.numpy()) == 1,
+          "refresh_variable_keys (_trainable_variables_indices, _var_key)")

@@ -186,6 +186,17 @@ def standardize_inputs(model: keras.Model, inputs) -> list:
     return model._standardize_inputs(inputs)  # pylint: disable=protected-access
 
 
+def input_batch(model: keras.Model, make) -> object:
+    """`make(t)` for each of the model's inputs, in the structure its call
+    takes: a dict for a model built on a dict of inputs (keras_hub's), the
+    one tensor for one input, else a list."""
+    flat = [make(t) for t in model.inputs]
+    structure = getattr(model, "_inputs_struct", None)
+    if isinstance(structure, dict):
+        return keras.tree.pack_sequence_as(structure, flat)
+    return flat[0] if len(flat) == 1 else flat
+
+
 def output_structure(model: keras.Model):
     """The nesting of a functional model's outputs (a tensor, list or dict)."""
     return getattr(model, "_outputs_struct", model.outputs)

@@ -306,6 +306,7 @@ def _weights_differ(layer, twin) -> bool:
 def _not_copied(layer, cause) -> replica.RecreateError:
     if not isinstance(cause, str):
         cause = f"{type(cause).__name__}: {' '.join(str(cause).split())[:1500]}"
+    cause = cause if cause.endswith((".", ")")) else cause + "."
     return replica.RecreateError(
         f"A pipeline trained data parallel needs a copy of layer {layer.name!r} (class "
         f"{type(layer).__name__}) per replica, and it cannot be rebuilt from its config. {cause} "

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar.core import checks
-from tfpar.core import devices as devices_lib
+from tfpar.core import checks, devices as devices_lib, replica
 from tfpar.core.table import format_table
 from tfpar.planner import calibrate as calibrate_lib, links as links_lib, profile as profile_lib
 from tfpar.planner import search, trials
@@ -150,6 +149,14 @@ def _calibrated(model: keras.Model, found: list, batch_size: int, machine: Machi
     if getattr(model, "optimizer", None) is None:
         warnings.warn(f"tfpar.plan: model {model.name!r} is not compiled, so no layout can be run to "
                       "calibrate the predictions; they are uncalibrated. Compile the model first.",
+                      stacklevel=3)
+        return Coefficients()
+    try:  # each trial trains a twin, never the caller's model
+        replica.clone(model)
+    except replica.RecreateError as error:
+        warnings.warn(f"tfpar.plan: model {model.name!r} cannot be rebuilt from its config, so no "
+                      "layout can be run on a copy of it to calibrate the predictions; they are "
+                      f"uncalibrated (the chosen layout trains the model itself). Cause: {error}",
                       stacklevel=3)
         return Coefficients()
     tried = [c for c in calibrate_lib.anchors(found) if _tried(model, c, batch_size)]

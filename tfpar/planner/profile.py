@@ -41,17 +41,20 @@ def measure(model: keras.Model, batch_size: int, *, smallest_rows: int = 1, devi
       ValueError: the model has no functional graph (a subclassed model),
         which pipelines need too; or it is not built.
     """
-    if not model.built:
-        raise ValueError(f"tfpar.plan needs a built model (its input shapes). Received: model "
+    unbuilt = ValueError(f"tfpar.plan needs a built model (its input shapes). Received: model "
                          f"{model.name!r}, not built. Call model.build(input_shape) or fit it once.")
-    device = device or tf.config.list_logical_devices()[0].name
-    rows = sorted({max(1, int(smallest_rows)), int(batch_size)})
-    try:
+    if not model.built and isinstance(model, keras.Sequential):
+        raise unbuilt
+    try:  # first: a subclassed model cannot be planned, built or not
         layers = placement.layers(model)
     except ValueError as error:
         raise ValueError(f"tfpar.plan (and strategy='auto') measures and splits a model layer by layer. "
                          f"{error} Until then, choose a data-parallel strategy yourself, e.g. "
                          f"strategy='mirrored'.") from error
+    if not model.built:
+        raise unbuilt
+    device = device or tf.config.list_logical_devices()[0].name
+    rows = sorted({max(1, int(smallest_rows)), int(batch_size)})
     with tf.device(device):
         timed, kept = zip(*[_layer_seconds(layer, rows, repeats) for layer in layers]) if layers else ((), ())
         whole = _model_seconds(model, rows, repeats)
@@ -95,8 +98,10 @@ def _layer_seconds(layer, rows: list[int], repeats: int) -> tuple[list[tuple[flo
 
         @tf.function
         def forward(inputs):
-            return keras.tree.flatten(layer(*inputs[0], **inputs[1], training=True)
-                                      if _takes_training(layer) else layer(*inputs[0], **inputs[1]))
+            # Training mode, whether or not the model's graph passed
+            # `training` to this call itself (keras_hub's layers do).
+            extra = {"training": True} if _takes_training(layer) else {}
+            return keras.tree.flatten(layer(*inputs[0], **{**inputs[1], **extra}))
 
         @tf.function
         def forward_backward(inputs, floats):
@@ -140,8 +145,8 @@ def _model_seconds(model, rows: list[int], repeats: int) -> list[tuple[float, fl
     variables = model.trainable_variables
     result = []
     for n in rows:
-        inputs = [timing.random_batch(t, n) for t in model.inputs]
-        inputs = inputs[0] if len(inputs) == 1 else inputs
+        # In the structure the model takes (a dict for keras_hub's models).
+        inputs = internals.input_batch(model, lambda t: timing.random_batch(t, n))
 
         @tf.function
         def forward(x):

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpar.core import replica, timing
+from tfpar.core import internals, replica, timing
 from tfpar.strategies import contract
 
 
@@ -71,10 +71,11 @@ def run(model: keras.Model, strategy, batch_size: int, *, devices: list[str] | N
     optimizer = model.optimizer
     twin.compile(optimizer=type(optimizer).from_config(optimizer.get_config()), loss="mse")
     rows = batch_size * (steps + warmup)
-    x = [timing.random_batch(t, rows).numpy() for t in model.inputs]
+    # Inputs in the structure the model takes (a dict for keras_hub's).
+    x = internals.input_batch(model, lambda t: timing.random_batch(t, rows).numpy())
     y = [np.random.default_rng(0).normal(size=(rows, *[d or 1 for d in t.shape[1:]])).astype("float32")
          for t in model.outputs]
-    x, y = (x[0] if len(x) == 1 else x), (y[0] if len(y) == 1 else y)
+    y = y[0] if len(y) == 1 else y
     timer = StepTimer(allocators(devices or ["/device:CPU:0"]))
     # shuffle=False: Keras' default, True, would warn that a dataset ignores it.
     fit_kwargs = dict(epochs=1, shuffle=False, verbose=0, callbacks=[timer])
