@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpar.core import internals
+from tfpar.core import internals, replica
 
 
 class Adoption:
@@ -69,7 +69,7 @@ class Adoption:
                 twin = internals.summed_update_optimizer(self.optimizer)
                 if self.optimizer.built:
                     twin.build(model.trainable_variables)
-                    _copy(self.optimizer.variables, twin.variables)
+                    replica.copy_values(self.optimizer.variables, twin.variables, "optimizer state")
                 model.optimizer = twin
         forget_functions(model)
         return model
@@ -89,7 +89,7 @@ class Adoption:
             if trained and twin.built:
                 if not self.optimizer.built:
                     self.optimizer.build(model.trainable_variables)
-                _copy(twin.variables, self.optimizer.variables)
+                replica.copy_values(twin.variables, self.optimizer.variables, "optimizer state")
         internals.refresh_variable_keys(self.optimizer)
         if not trained:
             for variable, value in self._before:
@@ -110,9 +110,6 @@ class OwnLayers:
 
     def __init__(self):
         self._taken = []  # (layer, its Keras node counts, [(variable, value)])
-
-    def __contains__(self, layer) -> bool:
-        return any(taken is layer for taken, _, _ in self._taken)
 
     def take(self, layer: keras.layers.Layer) -> keras.layers.Layer:
         """Re-creates the layer's variables in the current device scope;
@@ -151,17 +148,6 @@ def state_variables(model: keras.Model) -> list:
             seen.add(id(variable))
             out.append(variable)
     return out
-
-
-def _copy(sources, targets) -> None:
-    sources, targets = list(sources), list(targets)
-    if [tuple(v.shape) for v in sources] != [tuple(v.shape) for v in targets]:
-        raise ValueError(
-            "Cannot copy optimizer state between the caller's optimizer and its twin: their "
-            f"variables differ. Source shapes: {[tuple(v.shape) for v in sources]}; target "
-            f"shapes: {[tuple(v.shape) for v in targets]}.")
-    for source, target in zip(sources, targets):
-        target.assign(np.asarray(source.numpy()))
 
 
 def forget_functions(model: keras.Model) -> None:

@@ -93,7 +93,7 @@ def clone(model: keras.Model, clone_function: Callable | None = None,
     if model.built and not twin.built:
         twin.build_from_config(model.get_build_config())
     if twin.built:
-        _copy_values(model.weights, twin.weights, "weights")
+        copy_values(model.weights, twin.weights, "weights")
     return twin
 
 
@@ -104,7 +104,7 @@ def write_back(trained: keras.Model, model: keras.Model) -> None:
     parallel) names the one to copy as its `primary`."""
     if not model.built:
         model.build_from_config(trained.get_build_config())
-    _copy_values(getattr(trained, "primary", trained).weights, model.weights, "weights")
+    copy_values(getattr(trained, "primary", trained).weights, model.weights, "weights")
     if trained.optimizer.built:
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
@@ -309,7 +309,7 @@ def _copy_optimizer_state(source, target, copies: int = 1) -> None:
     """
     sources, targets = list(source.variables), list(target.variables)
     if copies == 1 or len(sources) == len(targets):
-        _copy_values(sources, targets, "optimizer state")
+        copy_values(sources, targets, "optimizer state")
         return
     many, one = (source, target) if len(sources) > len(targets) else (target, source)
     weights = len(internals.optimized_variables(one))
@@ -324,9 +324,9 @@ def _copy_optimizer_state(source, target, copies: int = 1) -> None:
         firsts = {}
         for variable, single in pairs:
             firsts.setdefault(id(single), (variable, single))
-        _copy_values(*zip(*firsts.values()), "optimizer state")
+        copy_values(*zip(*firsts.values()), "optimizer state")
         return
-    _copy_values([single for _, single in pairs], [variable for variable, _ in pairs], "optimizer state")
+    copy_values([single for _, single in pairs], [variable for variable, _ in pairs], "optimizer state")
 
 
 def _slot_keys(optimizer, variables, weights: int) -> list:
@@ -348,12 +348,17 @@ def _slot_keys(optimizer, variables, weights: int) -> list:
     return keys
 
 
-def _copy_values(sources, targets, what: str) -> None:
+def copy_values(sources, targets, what: str) -> None:
+    """Assigns each source variable's value to the target in its place.
+
+    Raises:
+      ValueError: the two lists of variables have different shapes.
+    """
     sources, targets = list(sources), list(targets)
     shapes = [tuple(v.shape) for v in sources], [tuple(v.shape) for v in targets]
     if shapes[0] != shapes[1]:
         raise ValueError(
-            f"Cannot copy {what}: the two models differ. Source shapes: "
+            f"Cannot copy {what}: source and target hold different variables. Source shapes: "
             f"{shapes[0]}; target shapes: {shapes[1]}."
         )
     for source, target in zip(sources, targets):

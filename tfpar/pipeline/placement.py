@@ -25,8 +25,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar.core import in_place, internals
-from tfpar.core import replica
+from tfpar.core import in_place, internals, replica
 from tfpar.core.table import format_table
 from tfpar.pipeline import costs as costs_lib
 from tfpar.pipeline import partition as partition_lib
@@ -256,14 +255,14 @@ def device_function(model: keras.Model, devices: Sequence[str], sizes: Sequence[
         try:
             twin = make()
         except Exception as error:  # Keras raises many types for a bad config.
-            if own is None or layer in own:
-                raise _not_copied(layer, error) from error
-            return taken(layer)
-        if _weights_differ(layer, twin):
-            if own is None or layer in own:
-                raise _not_copied(layer, "its twin rebuilt from get_config() holds other weights")
-            return taken(layer)
-        return twin
+            cause = error
+        else:
+            if not _weights_differ(layer, twin):
+                return twin
+            cause = "its twin rebuilt from get_config() holds other weights"
+        if own is None:
+            raise _not_copied(layer, cause)
+        return taken(layer)
 
     def placed(layer, default: str):
         if id(layer) not in twins:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfpar.core import checks, devices as devices_lib, replica
+from tfpar.core import checks, devices as devices_lib
 from tfpar.core.table import format_table
 from tfpar.planner import calibrate as calibrate_lib, links as links_lib, profile as profile_lib
 from tfpar.planner import search, trials
@@ -152,14 +152,13 @@ def _calibrated(model: keras.Model, found: list, batch_size: int, machine: Machi
                       stacklevel=3)
         return Coefficients()
     try:  # each trial trains a twin, never the caller's model
-        replica.clone(model)
-    except replica.RecreateError as error:
+        tried = [c for c in calibrate_lib.anchors(found) if _tried(model, c, batch_size)]
+    except trials.NoCopy as error:  # raised by the first trial, before it runs
         warnings.warn(f"tfpar.plan: model {model.name!r} cannot be rebuilt from its config, so no "
                       "layout can be run on a copy of it to calibrate the predictions; they are "
                       f"uncalibrated (the chosen layout trains the model itself). Cause: {error}",
                       stacklevel=3)
         return Coefficients()
-    tried = [c for c in calibrate_lib.anchors(found) if _tried(model, c, batch_size)]
     for candidate in tried:
         candidate.anchor = True
     memory_counted = all(c.measured_peak_bytes for c in tried)

@@ -61,13 +61,26 @@ class StepTimer(keras.callbacks.Callback):
         return sum(tf.config.experimental.get_memory_info(d)[key] for d in self.memory_devices)
 
 
+class NoCopy(Exception):
+    """The model cannot be copied for a trial (its config does not
+    round-trip): no layout can be tried, whichever it is."""
+
+
 def run(model: keras.Model, strategy, batch_size: int, *, devices: list[str] | None = None,
         steps: int = 8, warmup: int = 2) -> tuple[float, int]:
     """Median seconds per step after `warmup` steps, and the peak bytes a
     step held on `devices` (default: the host's) over what they held
     before the run: the twin's weights, gradients, optimizer state and
-    activations."""
-    twin = replica.clone(model)
+    activations.
+
+    Raises:
+      NoCopy: the model cannot be rebuilt from its config for the twin.
+      ValueError: tfpar refuses `strategy` for this model.
+    """
+    try:
+        twin = replica.clone(model)
+    except replica.RecreateError as error:
+        raise NoCopy(str(error)) from error
     optimizer = model.optimizer
     twin.compile(optimizer=type(optimizer).from_config(optimizer.get_config()), loss="mse")
     rows = batch_size * (steps + warmup)

@@ -63,7 +63,9 @@ class ModelSplit:
         data_parallel: int | str = 1,
     ):
         self.multi_worker = None
-        self._own = in_place.OwnLayers()  # the caller's layers the last recreate trains itself
+        # The caller's layers whose config does not round-trip, which the
+        # first pipeline replica trains itself (the others need copies).
+        self._own = in_place.OwnLayers()
         if data_parallel == "workers":
             self.multi_worker = _multi_worker_job()
             self.devices = _worker_devices(self.multi_worker, devices)
@@ -132,9 +134,6 @@ class ModelSplit:
         if self.microbatches > 1:
             _check_mean_losses(model)
         sizes = self.sizes(model)
-        # Layers whose config does not round-trip train themselves, in the
-        # first replica (the others need copies).
-        self._own = in_place.OwnLayers()
 
         def placed(group, own=None):
             return dict(clone_function=placement.device_function(model, group, sizes, own),
