@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import signal
 import statistics
 import sys
 import threading
@@ -113,7 +115,6 @@ def _independent_jobs(args) -> float:
 
 
 def _job(args, workers: int, bytes_per_pack: int, steps_per_execution: int, loop: str = "fit") -> float:
-    out = io.StringIO()
     command = [sys.executable, "-m", "tfpar.bench", "multi_worker", "--role", "worker",
                f"--per_worker_batch={args.per_worker_batch}", f"--width={args.width}",
                f"--epochs={args.epochs}", f"--steps={args.steps}", f"--spe={steps_per_execution}",
@@ -121,11 +122,38 @@ def _job(args, workers: int, bytes_per_pack: int, steps_per_execution: int, loop
     # Packs smaller than the gradients let the all-reduce of the last layers'
     # gradients start while the backward pass is still computing the first.
     options = {"compression": args.compression, "bytes_per_pack": bytes_per_pack}
-    code = launch.launch(command, workers, threads_per_worker=1, strategy_options=options, out=out)
-    lines = [line for line in out.getvalue().splitlines() if "BENCH " in line]
+    # A crash in TensorFlow's C++ start-up leaves no Python traceback; the
+    # fault handler prints where it happened.
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")
+
+    def run():
+        out = io.StringIO()
+        code = launch.launch(command, workers, threads_per_worker=1, strategy_options=options,
+                             out=out, env=env)
+        failure = (f"benchmark job with {workers} worker(s) failed ({_exit_status(code)}):\n"
+                   f"{out.getvalue()[-3000:]}")
+        return code, [line for line in out.getvalue().splitlines() if "BENCH " in line], failure
+
+    code, lines, failure = run()
+    if code < 0:
+        # A worker killed by a signal (seen once under the test suite's load,
+        # in TensorFlow's start-up) says nothing about the speed measured:
+        # one more try, with the crash shown. Any other failure is the
+        # program's and ends the run.
+        print(f"{failure}\nretrying the job once", file=sys.stderr, flush=True)
+        code, lines, failure = run()
     if code != 0 or not lines:
-        raise RuntimeError(f"benchmark job with {workers} worker(s) failed:\n{out.getvalue()[-3000:]}")
+        raise RuntimeError(failure)
     return json.loads(lines[0].split("BENCH ", 1)[1])["samples_per_second"]
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _worker(args) -> dict:
