@@ -10,7 +10,8 @@ def test_top_level_api_is_pinned():
         "Plan", "configure_devices", "datasets", "describe_placement", "evaluate_distributed",
         "fit_distributed", "models", "plan", "predict_distributed", "strategies", "timeline",
     ]
-    assert sorted(tfpar.strategies.__all__) == ["DataParallel", "GPipe", "ModelSplit", "MultiWorker", "PowerSGD"]
+    assert sorted(tfpar.strategies.__all__) == ["DataParallel", "GPipe", "ModelSplit", "MultiWorker",
+                                                   "PipelineStrategy", "PowerSGD"]
     assert sorted(tfpar.models.__all__) == ["encoder_decoder_balance", "mlp", "residual_cnn", "transformer"]
 
 

@@ -34,6 +34,8 @@ COVERED_BY = {
     "tfpar/planner/profile.py": ["tests/planner/test_plan.py"],
     "tfpar/planner/trials.py": ["tests/planner/test_plan.py"],
     "tfpar/replication/device_speeds.py": ["tests/replication/test_speed_shares.py"],
+    "tfpar/replication/input_shares.py": ["tests/replication/test_equal_shares.py",
+                                          "tests/replication/test_speed_shares.py"],
     "tfpar/replication/replica_steps.py": ["tests/strategies/test_microbatches.py",
                                            "tests/strategies/test_data_parallel.py"],
     "tfpar/replication/train_function.py": ["tests/strategies/test_data_parallel.py",
@@ -42,6 +44,8 @@ COVERED_BY = {
                                   "tests/strategies/test_pipeline_errors.py"],
     "tfpar/strategies/model_split.py": ["tests/strategies/test_pipeline_contract.py",
                                         "tests/strategies/test_own_layers.py"],
+    "tfpar/strategies/pipeline_strategy.py": ["tests/strategies/test_pipeline_contract.py",
+                                              "tests/strategies/test_pipeline_errors.py"],
     "tfpar/strategies/registry.py": ["tests/strategies/test_contract.py"],
 }
 # Checks of the whole package or of one behaviour across every strategy.

@@ -49,12 +49,12 @@ def test_powersgd_stays_within_a_point_of_uncompressed(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--batch_size=0"], "--batch_size must be >= 1. Received: 0"),
+    (["--batch_size=0"], "--batch_size=0: 0 is not a positive integer"),
     (["--learning_rate=-1"], "--learning_rate must be > 0"),
     (["--save=/tmp/model.h5"], "--save must end in .keras"),
-    (["--devices=0"], "--devices must be >= 1. Received: 0"),
+    (["--devices=0"], "--devices=0: 0 is not a positive integer"),
     (["--devices=9"], "--devices: devices=9 asks for 9 device\\(s\\) but 4 are available"),
-    (["--balance=3,x", "--strategy=split"], "--balance must be auto, params.*Received: '3,x'"),
+    (["--balance=3,x", "--strategy=split"], "--balance=3,x: --balance must be auto, params"),
     (["--schedule=1f1b"], "--schedule applies to --strategy=split or gpipe.*--strategy=mirrored"),
     (["--timeline=/tmp/t", "--strategy=split"], "--timeline records a pipeline.*--strategy=split"),
     (["--dataset=mnist"], "--dataset: Unknown dataset 'mnist'"),
@@ -76,7 +76,9 @@ def test_powersgd_stays_within_a_point_of_uncompressed(capsys):
     (["--strategy=multi_worker", "--virtual_devices=2"], "--virtual_devices does not apply to --strategy=multi_worker"),
 ])
 def test_bad_flags_are_rejected_before_training(argv, message):
-    with pytest.raises(app.UsageError, match=message):
+    # absl's own checks (bounds, validators) when the flags are parsed; the
+    # rest (devices, data, model) once they are known.
+    with pytest.raises((app.UsageError, flags.IllegalFlagValueError), match=message):
         run(argv)
 
 

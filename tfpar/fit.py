@@ -89,7 +89,8 @@ def fit_distributed(
     if isinstance(strategy, str) and strategy == "auto":
         strategy = _planned(model, x, fit_kwargs)
     strategy = strategy_for(model, strategy)
-    if checkpoint_dir and isinstance(getattr(strategy, "compression", None), PowerSGD):
+    runner = contract.for_strategy(strategy)
+    if checkpoint_dir and isinstance(runner.compression, PowerSGD):
         # Its error feedback and warm start live in the all-reduce, not in
         # the model or optimizer the checkpoint holds.
         warnings.warn(
@@ -101,9 +102,8 @@ def fit_distributed(
             stacklevel=2)
     inputs.check_not_empty(x)
     inputs.check_shapes(model, x)
-    runner = contract.for_strategy(strategy)
     runner.check_fit(x, fit_kwargs)
-    writer = getattr(strategy, "is_chief", True)
+    writer = runner.is_chief
     home = home_strategy(model) is strategy
     if not home:
         build_from_data(model, x)

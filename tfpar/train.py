@@ -30,15 +30,15 @@ flags.DEFINE_string("dataset", "digits", f"One of: {', '.join(datasets_lib.DATAS
 flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "split", "gpipe", "multi_worker", "auto"],
                   "How to spread training; auto: tfpar.plan predicts every layout on the "
                   "devices, prints the table and trains with the fastest that fits.")
-flags.DEFINE_integer("virtual_devices", None, "Split each CPU into this many logical devices.")
-flags.DEFINE_integer("devices", None, "Use the first N local devices (default: all).")
+flags.DEFINE_integer("virtual_devices", None, "Split each CPU into this many logical devices.", lower_bound=1)
+flags.DEFINE_integer("devices", None, "Use the first N local devices (default: all).", lower_bound=1)
 flags.DEFINE_integer("microbatches", None,
                      "Micro-batches per batch (gpipe; default 4) or per replica's share "
                      "(mirrored, multi_worker: gradients summed locally, one all-reduce per "
-                     "step; default 1).")
+                     "step; default 1).", lower_bound=1)
 flags.DEFINE_integer("data_parallel", 1,
                      "Pipeline replicas trained data parallel (split, gpipe): the devices are "
-                     "read as this many groups, one replica each.")
+                     "read as this many groups, one replica each.", lower_bound=1)
 flags.DEFINE_enum("compression", "none", ["none", "fp16", "bf16", "powersgd"],
                   "How data-parallel gradients travel (mirrored; for multi_worker give it to "
                   "tfpar.launch): cast to fp16/bf16, or PowerSGD rank-2 factors.")
@@ -47,13 +47,14 @@ flags.DEFINE_string("balance", "auto",
                     "auto (the encoder/decoder split for the transformer on 2 devices, else params).")
 flags.DEFINE_enum("schedule", "gpipe", ["gpipe", "1f1b", "zb1"], "Pipeline schedule (gpipe).")
 flags.DEFINE_bool("rematerialize", False, "Recompute stage activations in the backward (gpipe).")
-flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-flags.DEFINE_integer("epochs", 30, "Passes over the training data.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=1)
+flags.DEFINE_integer("epochs", 30, "Passes over the training data.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
 flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimizer.")
 flags.DEFINE_integer("seed", 0, "Seed for weights and data order.")
 flags.DEFINE_string("checkpoint_dir", None, "Save and resume training state here.")
-flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints (with --checkpoint_dir).")
+flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints (with --checkpoint_dir).",
+                     lower_bound=1)
 flags.DEFINE_string("tensorboard_dir", None, "Write TensorBoard logs here (the chief only).")
 flags.DEFINE_string("timeline", None,
                     "Pipeline strategies: write the last step's timeline to PREFIX.png and "
@@ -62,10 +63,75 @@ flags.DEFINE_string("save", "tfpar_model.keras",
                     "Write the trained model to this .keras path ('' to skip).")
 
 
+def _check(condition: bool, message: str) -> bool:
+    if not condition:
+        raise flags.ValidationError(message)
+    return True
+
+
+# Checked by absl when the flags are parsed, before anything trains.
+flags.register_validator("learning_rate", lambda v: v > 0, "--learning_rate must be > 0.")
+flags.register_validator("save", lambda v: not v or v.endswith(".keras"), "--save must end in .keras.")
+flags.register_validator(
+    "balance", lambda v: v in ("auto", "params", "flops", "time") or all(
+        p.strip().isdigit() and int(p) > 0 for p in v.split(",")),
+    "--balance must be auto, params, flops, time or layer counts such as 5,3.")
+
+
+@flags.multi_flags_validator(["timeline", "strategy"])
+def _timeline_needs_a_pipeline(values) -> bool:
+    return _check(not values["timeline"] or values["strategy"] == "gpipe",
+                  "--timeline records a pipeline; use it with --strategy=gpipe. Received: "
+                  f"--strategy={values['strategy']}.")
+
+
+@flags.multi_flags_validator(["strategy", "virtual_devices", "devices"])
+def _multi_worker_devices(values) -> bool:
+    for name in ("virtual_devices", "devices"):
+        _check(values["strategy"] != "multi_worker" or values[name] is None,
+               f"--{name} does not apply to --strategy=multi_worker: each worker trains one "
+               f"replica per local device, set up when tfpar starts. Received: --{name}={values[name]}.")
+    return True
+
+
+# Flags each strategy does not take, with their defaults.
+_NOT_FOR = {
+    "split": (("microbatches", None), ("schedule", "gpipe"), ("rematerialize", False),
+              ("compression", "none")),
+    "gpipe": (("compression", "none"),),
+    "auto": (("microbatches", None), ("compression", "none"), ("balance", "auto"), ("schedule", "gpipe"),
+             ("rematerialize", False), ("data_parallel", 1)),
+    "mirrored": (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False), ("data_parallel", 1)),
+    "multi_worker": (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False),
+                     ("data_parallel", 1)),
+}
+
+
+@flags.multi_flags_validator(["strategy", "microbatches", "schedule", "rematerialize", "compression",
+                              "balance", "data_parallel"])
+def _flags_of_the_strategy(values) -> bool:
+    strategy = values["strategy"]
+    for name, default in _NOT_FOR[strategy]:
+        if values[name] == default:
+            continue
+        received = f"Received: --{name}={values[name]} with --strategy={strategy}."
+        if name == "compression":
+            raise flags.ValidationError(
+                f"--compression applies to --strategy=mirrored or multi_worker (data parallel). {received}")
+        if strategy == "auto" and name in ("microbatches", "compression"):
+            raise flags.ValidationError(
+                f"--{name} does not apply to --strategy=auto: the planner chooses the layout. "
+                f"Received: --{name}={values[name]}. Drop it, or pick the strategy yourself.")
+        if strategy == "split":
+            raise flags.ValidationError(
+                f"--{name} applies to --strategy=gpipe (split runs one batch at a time). {received}")
+        raise flags.ValidationError(f"--{name} applies to --strategy=split or gpipe. {received}")
+    return True
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    _check_flags()
     import keras  # Late imports: devices must be configured before TF starts.
 
     import tfpar
@@ -90,7 +156,7 @@ def main(argv: list[str]) -> None:
         plan = tfpar.plan(model, FLAGS.batch_size, FLAGS.devices)
         print(plan)
         strategy = plan.chosen.strategy
-    pipelined = isinstance(strategy, tfpar.strategies.ModelSplit)
+    pipelined = isinstance(strategy, tfpar.strategies.PipelineStrategy)
     _print_setup(strategy, pipelined)
     if pipelined:
         tfpar.describe_placement(model, strategy)
@@ -111,7 +177,7 @@ def main(argv: list[str]) -> None:
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
     unit = " (share of target tokens right)" if kind == "transformer" else ""
     print(f"held-out accuracy: {accuracy:.4f} on {len(y_test)} test samples{unit}")
-    if FLAGS.save and getattr(strategy, "is_chief", True):
+    if FLAGS.save and tfpar.strategies.contract.for_strategy(strategy).is_chief:
         model.save(FLAGS.save)
         print(f"saved model to {FLAGS.save}")
 
@@ -220,7 +286,7 @@ def _print_setup(strategy, pipelined: bool) -> None:
     """Devices and the batch each of them sees."""
     if pipelined:
         devices = list(strategy.devices)
-        replicas, microbatches = strategy.data_parallel, getattr(strategy, "microbatches", 1)
+        replicas, microbatches = strategy.data_parallel, strategy.microbatches
     else:
         devices = list(strategy.extended.worker_devices)
         replicas, microbatches = strategy.num_replicas_in_sync, strategy.microbatches
@@ -242,72 +308,6 @@ def _optimizer(keras):
         "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
         "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop,
     }[FLAGS.optimizer](FLAGS.learning_rate)
-
-
-def _check_flags() -> None:
-    """Rejects bad flag values before anything trains."""
-    for name in ("batch_size", "epochs"):
-        if getattr(FLAGS, name) < 1:
-            raise app.UsageError(f"--{name} must be >= 1. Received: {getattr(FLAGS, name)}.")
-    if FLAGS.learning_rate <= 0:
-        raise app.UsageError(f"--learning_rate must be > 0. Received: {FLAGS.learning_rate}.")
-    for name in ("virtual_devices", "devices"):
-        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
-            raise app.UsageError(f"--{name} must be >= 1. Received: {getattr(FLAGS, name)}.")
-    if FLAGS.data_parallel < 1:
-        raise app.UsageError(f"--data_parallel must be >= 1. Received: {FLAGS.data_parallel}.")
-    if FLAGS.microbatches is not None and FLAGS.microbatches < 1:
-        raise app.UsageError(f"--microbatches must be >= 1. Received: {FLAGS.microbatches}.")
-    if FLAGS.checkpoint_every < 1:
-        raise app.UsageError(f"--checkpoint_every must be >= 1. Received: {FLAGS.checkpoint_every}.")
-    if FLAGS.save and not FLAGS.save.endswith(".keras"):
-        raise app.UsageError(f"--save must end in .keras. Received: {FLAGS.save}.")
-    if FLAGS.balance not in ("auto", "params", "flops", "time"):
-        parts = FLAGS.balance.split(",")
-        if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            raise app.UsageError(
-                "--balance must be auto, params, flops, time or layer counts such as 5,3. "
-                f"Received: {FLAGS.balance!r}."
-            )
-    if FLAGS.timeline and FLAGS.strategy != "gpipe":
-        raise app.UsageError(
-            f"--timeline records a pipeline; use it with --strategy=gpipe. Received: "
-            f"--strategy={FLAGS.strategy}."
-        )
-    if FLAGS.strategy == "multi_worker":
-        for name in ("virtual_devices", "devices"):
-            if getattr(FLAGS, name) is not None:
-                raise app.UsageError(
-                    f"--{name} does not apply to --strategy=multi_worker: each worker trains "
-                    f"one replica per local device, set up when tfpar starts. Received: "
-                    f"--{name}={getattr(FLAGS, name)}."
-                )
-    if FLAGS.strategy == "split":
-        for name, default in (("microbatches", None), ("schedule", "gpipe"), ("rematerialize", False)):
-            if getattr(FLAGS, name) != default:
-                raise app.UsageError(
-                    f"--{name} applies to --strategy=gpipe (split runs one batch at a time). "
-                    f"Received: --{name}={getattr(FLAGS, name)} with --strategy=split."
-                )
-    if FLAGS.strategy in PIPELINES and FLAGS.compression != "none":
-        raise app.UsageError(
-            f"--compression applies to --strategy=mirrored or multi_worker (data parallel). "
-            f"Received: --compression={FLAGS.compression} with --strategy={FLAGS.strategy}.")
-    if FLAGS.strategy == "auto":
-        for name, default in (("microbatches", None), ("compression", "none")):
-            if getattr(FLAGS, name) != default:
-                raise app.UsageError(
-                    f"--{name} does not apply to --strategy=auto: the planner chooses the "
-                    f"layout. Received: --{name}={getattr(FLAGS, name)}. Drop it, or pick the "
-                    "strategy yourself.")
-    if FLAGS.strategy not in PIPELINES:
-        for name, default in (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False),
-                              ("data_parallel", 1)):
-            if getattr(FLAGS, name) != default:
-                raise app.UsageError(
-                    f"--{name} applies to --strategy=split or gpipe. Received: "
-                    f"--{name}={getattr(FLAGS, name)} with --strategy={FLAGS.strategy}."
-                )
 
 
 def _square_side(x):

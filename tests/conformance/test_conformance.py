@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfpar.strategies import DataParallel, GPipe, ModelSplit
+from tfpar.strategies import DataParallel, GPipe, ModelSplit, PipelineStrategy
 import tfpar
 
 import idioms
@@ -131,8 +131,8 @@ def test_idiom_trains_like_one_device(name, label):
     strategy = STRATEGIES[label]()
     x, y, extra = idiom.data()
     model = idiom.build()
-    refusal = idiom.pipelines if isinstance(strategy, ModelSplit) else None
-    if not isinstance(strategy, ModelSplit) and getattr(strategy, "microbatches", 1) > 1 \
+    refusal = idiom.pipelines if isinstance(strategy, PipelineStrategy) else None
+    if not isinstance(strategy, PipelineStrategy) and strategy.microbatches > 1 \
             and idiom.own_train_step:
         refusal = r"overrides \['train_step'\], which tfpar runs as it is and cannot cut"
     if refusal:

@@ -47,3 +47,17 @@ class WrappingAllReduce(tf.distribute.CrossDeviceOps):
 
     def _gather(self, value, destinations, axis, options=None):
         return internals.gather(self._inner, value, destinations, axis, options)
+
+
+def per_part(fn, value, wrap):
+    """`fn` of each replica's part of `value`, on that part's device, the
+    results joined by `wrap` (`internals.per_replica` or
+    `internals.mirrored`); `fn(value)` for a plain tensor (a worker with one
+    replica hands those over)."""
+    if not isinstance(value, tf.distribute.DistributedValues):
+        return fn(value)
+    parts = []
+    for part in value.values:
+        with tf.device(part.device):
+            parts.append(fn(part))
+    return wrap(parts)

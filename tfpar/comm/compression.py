@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar.comm.all_reduce import WrappingAllReduce
+from tfpar.comm.all_reduce import WrappingAllReduce, per_part
 from tfpar.comm.powersgd import PowerSGD, PowerSGDAllReduce
 from tfpar.core import checks, internals
 
@@ -85,10 +85,9 @@ def install(strategy) -> None:
 
 
 def prepare(strategy, model) -> None:
-    """Gives PowerSGD fresh state for `model`'s weights, before training
-    (no-op for other compressions)."""
-    if isinstance(getattr(strategy, "compression", None), PowerSGD):  # tfpar's strategies only
-        internals.cross_device_ops(strategy.extended).prepare(model.trainable_weights)
+    """Gives a strategy's PowerSGD fresh state for `model`'s weights,
+    before training."""
+    internals.cross_device_ops(strategy.extended).prepare(model.trainable_weights)
 
 
 class CastingAllReduce(WrappingAllReduce):
@@ -123,24 +122,12 @@ class CastingAllReduce(WrappingAllReduce):
         dtype = tf.as_dtype((parts[0] if parts else value).dtype)
         if not self._compressible(dtype):
             return value, None
-        if parts is None:
-            return tf.cast(value, self._dtype), dtype
-        narrow = []
-        for part in parts:
-            with tf.device(part.device):
-                narrow.append(tf.cast(part, self._dtype))
-        return internals.per_replica(narrow), dtype
+        return per_part(lambda part: tf.cast(part, self._dtype), value, internals.per_replica), dtype
 
     def _widen(self, value, dtype):
         if dtype is None:
             return value
-        if isinstance(value, tf.distribute.DistributedValues):
-            parts = []
-            for part in value.values:
-                with tf.device(part.device):
-                    parts.append(tf.cast(part, dtype))
-            return internals.mirrored(parts)
-        return tf.cast(value, dtype)
+        return per_part(lambda part: tf.cast(part, dtype), value, internals.mirrored)
 
     def _compressible(self, dtype: tf.DType) -> bool:
         return dtype.is_floating and dtype.size > self._dtype.size

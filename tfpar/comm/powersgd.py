@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfpar.comm.all_reduce import WrappingAllReduce
+from tfpar.comm.all_reduce import WrappingAllReduce, per_part
 from tfpar.core import checks, internals
 
 
@@ -248,10 +248,4 @@ def _reduced(value, parts):
 
 
 def _scaled(value, factor):
-    if isinstance(value, tf.distribute.DistributedValues):
-        parts = []
-        for part in value.values:
-            with tf.device(part.device):
-                parts.append(part * tf.cast(factor, part.dtype))
-        return internals.mirrored(parts)
-    return value * tf.cast(factor, value.dtype)
+    return per_part(lambda part: part * tf.cast(factor, part.dtype), value, internals.mirrored)

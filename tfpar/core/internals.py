@@ -46,7 +46,6 @@ __all__ = [
     "loss_tracker",
     "mirrored",
     "output_structure",
-    "override_symbolic_build",
     "per_replica",
     "recreate_variable",
     "set_collective_key_base",
@@ -148,7 +147,7 @@ def symbolic_build(model: keras.Model, data_batch) -> None:
 
 
 # The method `fit` and `evaluate` call to build state before the first
-# step; PipelineModel overrides it, `override_symbolic_build` replaces it.
+# step; PipelineModel and data parallel's replica model override it.
 SYMBOLIC_BUILD_HOOK = "_maybe_symbolic_build"
 
 
@@ -159,17 +158,6 @@ def first_batch(iterator=None, data_batch=None):
         for _, _, batches in iterator:
             return next(batches)
     return data_batch
-
-
-@contextlib.contextmanager
-def override_symbolic_build(model: keras.Model, build):
-    """Makes `fit`/`evaluate` call `build(iterator=..., data_batch=...)`
-    instead of Keras' own first-batch build, for the duration."""
-    setattr(model, SYMBOLIC_BUILD_HOOK, build)
-    try:
-        yield
-    finally:
-        delattr(model, SYMBOLIC_BUILD_HOOK)
 
 
 # --- functional graphs ----------------------------------------------------

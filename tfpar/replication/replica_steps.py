@@ -1,8 +1,8 @@
 """The train and test steps each data-parallel replica runs.
 
-Keras' own steps (TensorFlow trainer, Keras 3.15) with two additions:
+Keras' own steps (TensorFlow trainer, Keras 3.15) with three additions:
 
-- Padded batches (`equal_shares`): each element carries a mark per row,
+- Marked shares (tfpar's strategies, `input_shares`): each element carries a mark per row,
   the loss weight of that row (0 for padding). The loss weighs each row by
   its mark, the loss tracker counts the real rows only, and metrics see the
   real rows only (padding sits at the end of each replica's share).
@@ -12,20 +12,22 @@ Keras' own steps (TensorFlow trainer, Keras 3.15) with two additions:
   alive at a time. Each micro-batch's mean loss counts by its share of the
   replica's rows, so the summed gradient is the share's: the optimizer then
   all-reduces once per step, as without micro-batches.
+- Lookups (embeddings) whose ids do not depend on the batch: each
+  replica's rows are added once, as one device has them (`lookups`).
+
+The model runs them through `replica_model.replicated`.
 
 Example:
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> model.compile(optimizer="sgd", loss="mse")
-    >>> steps = ReplicaSteps(model, microbatches=2)
-    >>> steps.install()  # fit_distributed does this in the strategy's scope
-    >>> steps.remove()
-    >>> checks.overridden(model, ["train_step"])  # Keras' own step: micro-batches apply
-    []
+    >>> steps = ReplicaSteps(model, microbatches=2, marked=True)
+    >>> x, y, weights, marks = unpack((tf.ones((2, 4)), tf.ones((2, 2)), tf.ones(2)), marked=True)
+    >>> weights is None, marks.shape
+    (True, TensorShape([2]))
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import keras
@@ -35,30 +37,22 @@ from tfpar.core import checks, internals, lookups, microbatch
 
 
 class ReplicaSteps:
-    """Installs marked, micro-batched train and test steps on a model.
+    """A replica's train and test steps for a model.
 
     Args:
-      model: the compiled model (tfpar's replica of the caller's).
+      model: the compiled model, its variables in the strategy's scope.
       microbatches: k, the sequential micro-batches of each replica's share.
+      marked: each element ends with the rows' marks (`input_shares`).
     """
 
-    def __init__(self, model: keras.Model, microbatches: int = 1):
+    def __init__(self, model: keras.Model, microbatches: int = 1, *, marked: bool = True):
         self.model = model
         self.microbatches = microbatches
-
-    def install(self) -> None:
-        self.model.train_step = self.train_step
-        self.model.test_step = self.test_step
-
-    def remove(self) -> None:
-        model = self.model
-        del model.train_step, model.test_step
-        # Keras caches the functions traced from the steps.
-        model.train_function = model.test_function = None
+        self.marked = marked
 
     def train_step(self, data):
         model = self.model
-        x, y, weights, marks = unpack(data)
+        x, y, weights, marks = unpack(data, self.marked)
         weights = _row_weights(y, weights, marks)
         variables = model.trainable_weights
         k = self.microbatches
@@ -94,7 +88,7 @@ class ReplicaSteps:
             predictions.append(y_pred)
         batch = [t for t in keras.tree.flatten(data) if t is not None]
         grads = [microbatch.combine_lookup(g, batch) if isinstance(g, list) else g for g in grads]
-        _track_loss(model, loss, marks)
+        _track_loss(model, loss, marks, x)
         if variables:
             # Last layers first: their gradients exist first in the backward,
             # and collectives launch in this order (packed by bytes_per_pack),
@@ -114,57 +108,21 @@ class ReplicaSteps:
 
     def test_step(self, data):
         model = self.model
-        x, y, weights, marks = unpack(data)
+        x, y, weights, marks = unpack(data, self.marked)
         y_pred = _call(model, x, training=False)
         loss = internals.compute_loss(model, x=x, y=y, y_pred=y_pred,
                                       sample_weight=_row_weights(y, weights, marks), training=False)
-        _track_loss(model, loss, marks)
+        _track_loss(model, loss, marks, x)
         return self._metrics(data, y_pred)
 
     def _metrics(self, data, y_pred):
-        x, y, weights, marks = unpack(data)
+        x, y, weights, marks = unpack(data, self.marked)
+        if marks is None:
+            return self.model.compute_metrics(x, y, y_pred, sample_weight=weights)
         real = tf.math.count_nonzero(marks, dtype=tf.int32)
         cut = lambda tree: keras.tree.map_structure(lambda t: t[:real], tree)  # noqa: E731
         return self.model.compute_metrics(
             cut(x), cut(y), cut(y_pred), sample_weight=None if weights is None else cut(weights))
-
-
-# Ids of the strategies whose datasets fit_distributed is distributing.
-_ACTIVE = set()
-
-
-@contextlib.contextmanager
-def active(strategy):
-    """Marks `strategy` as run by tfpar for the duration."""
-    _ACTIVE.add(id(strategy))
-    try:
-        yield
-    finally:
-        _ACTIVE.discard(id(strategy))
-
-
-def warn_unless_installed(strategy) -> None:
-    """Warns when a strategy with micro-batches distributes a dataset
-    outside `fit_distributed` (plain `model.fit` in its scope), where
-    Keras' own step runs and micro-batches would be ignored; the same for
-    shares by device speed."""
-    if id(strategy) in _ACTIVE:
-        return
-    if getattr(strategy, "microbatches", 1) > 1:
-        warnings.warn(
-            f"{type(strategy).__name__}(microbatches={strategy.microbatches}) cuts each "
-            "replica's share into micro-batches only in tfpar.fit_distributed; plain "
-            "model.fit in the strategy's scope runs Keras' own step on whole shares.",
-            stacklevel=3,
-        )
-    if getattr(strategy, "device_speeds", None) is not None:
-        warnings.warn(
-            f"{type(strategy).__name__}(device_speeds={strategy.device_speeds!r}) gives "
-            "replicas shares by speed only in tfpar.fit_distributed and "
-            "evaluate_distributed; plain Keras in the strategy's scope splits each batch "
-            "equally.",
-            stacklevel=3,
-        )
 
 
 def check_own_train_step(model: keras.Model, microbatches: int) -> None:
@@ -183,8 +141,11 @@ def check_own_train_step(model: keras.Model, microbatches: int) -> None:
         )
 
 
-def unpack(data):
-    """(x, y, sample_weight or None, marks) of a padded element."""
+def unpack(data, marked: bool):
+    """(x, y, sample_weight or None, marks or None) of an element."""
+    if not marked:
+        x, y, weights = keras.utils.unpack_x_y_sample_weight(data)
+        return x, y, weights, None
     return (*data[:2], data[2] if len(data) == 4 else None, data[-1])
 
 
@@ -194,6 +155,8 @@ def _call(model, x, *, training: bool):
 
 def _row_weights(y, weights, marks):
     """The sample weights with each row's mark applied."""
+    if marks is None:
+        return weights
     if weights is None:
         # One weight per sample, shaped (n, 1, ...) like each target so
         # that Keras broadcasts it over whatever axes the loss keeps.
@@ -203,7 +166,11 @@ def _row_weights(y, weights, marks):
         lambda w: w * tf.reshape(tf.cast(marks, w.dtype), [-1] + [1] * (w.shape.rank - 1)), weights)
 
 
-def _track_loss(model, loss, marks) -> None:
+def _track_loss(model, loss, marks, x=None) -> None:
+    if marks is None:  # as Keras' own step counts
+        internals.loss_tracker(model).update_state(
+            internals.unscale_loss_for_distribution(loss), sample_weight=tf.shape(keras.tree.flatten(x)[0])[0])
+        return
     # The tracker averages over real samples: this replica's loss is a
     # mean over its whole share scaled by `marks` (and by 1/replicas).
     share = tf.cast(tf.shape(marks)[0], loss.dtype)

@@ -49,16 +49,14 @@ def check_speeds(speeds, replicas: int) -> None:
 
 
 def prepare(strategy: tf.distribute.Strategy, model: keras.Model, batch_size: int | None) -> None:
-    """Before training: refuses a model whose own steps would ignore the
+    """Before training under a strategy with `device_speeds`: refuses a model whose own steps would ignore the
     shares' loss weights, and turns device_speeds="measure" into measured
     speeds (kept on the strategy for later calls).
 
     Raises:
       ValueError: the model overrides `train_step` or `test_step`.
     """
-    speeds = getattr(strategy, "device_speeds", None)
-    if speeds is None:
-        return
+    speeds = strategy.device_speeds
     custom = checks.overridden(model, ["train_step", "test_step"])
     if custom:
         raise ValueError(
@@ -106,13 +104,3 @@ def split_dataset(dataset: tf.data.Dataset, speeds: Sequence[float], *,
         return tf.data.Dataset.range(replicas).map(lambda r: replica_element(tf.cast(r, tf.int32)))
 
     return dataset.flat_map(split)
-
-
-def distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, speeds: Sequence[float], *,
-               scale_real: bool, options=None):
-    """The strategy's distributed dataset with shares by speed (datasets
-    without targets, as for predict, are split equally)."""
-    split = split_dataset(dataset, speeds, scale_real=scale_real)
-    if split is dataset:
-        return tf.distribute.MirroredStrategy.experimental_distribute_dataset(strategy, dataset, options)
-    return strategy.distribute_datasets_from_function(lambda context: split, options)

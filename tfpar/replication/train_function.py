@@ -34,53 +34,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-
 import keras
 import tensorflow as tf
 
 from tfpar.core import internals
-from tfpar.replication import epoch_stream
-
-
-@contextlib.contextmanager
-def train_function_installed(model: keras.Model, strategy: tf.distribute.Strategy, fit=None):
-    """For the duration, `model`'s train and test functions are these,
-    under a multi-worker strategy, or any strategy with several steps per
-    execution (otherwise: Keras' own).
-
-    Args:
-      fit: None, or fit's `(x, y, fit_kwargs)`.
-
-    Yields:
-      None, or the `(x, y, fit_kwargs)` to give fit instead: under
-      MultiWorker, array inputs as one stream (`epoch_stream`), and an
-      `EpochSteps` callback whenever these functions run.
-    """
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if not multi_worker and getattr(model, "steps_per_execution", 1) == 1:
-        yield fit
-        return
-    epoch = EpochSteps()
-    model.make_train_function = lambda force=False: _make(model, strategy, "train", force, epoch)
-    model.make_test_function = lambda force=False: _make(model, strategy, "test", force, None)
-    if fit is not None:
-        streamed = epoch_stream.fit_arguments(*fit) if multi_worker else None
-        x, y, fit_kwargs = streamed or fit
-        fit = x, y, epoch.added_to(fit_kwargs, exact=streamed is not None)
-    try:
-        yield fit
-    finally:
-        del model.make_train_function, model.make_test_function
-        model.train_function = model.test_function = None
-
-
-def _make(model, strategy, kind: str, force: bool, epoch):
-    attribute = f"{kind}_function"
-    if getattr(model, attribute) is None or force:
-        # Looked up when traced: ReplicaSteps may have replaced the step.
-        setattr(model, attribute, StepFunction(model, strategy, f"{kind}_step", epoch))
-    return getattr(model, attribute)
 
 
 class EpochSteps(keras.callbacks.Callback):

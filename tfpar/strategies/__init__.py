@@ -13,5 +13,6 @@ from tfpar.strategies.data_parallel import DataParallel
 from tfpar.strategies.gpipe import GPipe
 from tfpar.strategies.model_split import ModelSplit
 from tfpar.strategies.multi_worker import MultiWorker
+from tfpar.strategies.pipeline_strategy import PipelineStrategy
 
-__all__ = ["DataParallel", "GPipe", "ModelSplit", "MultiWorker", "PowerSGD"]
+__all__ = ["DataParallel", "GPipe", "ModelSplit", "MultiWorker", "PipelineStrategy", "PowerSGD"]

@@ -17,14 +17,29 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
-from tfpar.comm import compression
+from tfpar.comm import compression as compression_lib
+from tfpar.comm.powersgd import PowerSGD
 from tfpar.core import in_place, inputs
-from tfpar.replication import replica_steps, speed_shares
-from tfpar.replication.equal_shares import equal_shares
-from tfpar.replication.train_function import train_function_installed
+from tfpar.replication import input_shares, replica_steps, speed_shares
+from tfpar.replication.replica_model import replicated
 
 
 class Runner(Protocol):
+    """What `fit_distributed` and the planner read of a strategy.
+
+    Attributes:
+      microbatches: micro-batches per replica's share (1: none).
+      compression: how gradients travel between replicas: None, "fp16",
+        "bf16" or a `PowerSGD`.
+      is_chief: True on the process that writes checkpoints, logs and
+        saved models (every process but one is a worker's, under a
+        multi-worker job).
+    """
+
+    microbatches: int
+    compression: object
+    is_chief: bool
+
     def check_fit(self, x, fit_kwargs: dict) -> None: ...
 
     def recreate(self, model: keras.Model) -> keras.Model:
@@ -113,23 +128,36 @@ def check_share_divisible(batch: int | None, replicas: int, microbatches: int) -
 
 class _Distribute:
     """A `tf.distribute.Strategy` as a runner: the caller's model itself,
-    its variables moved into the strategy's scope (`in_place`)."""
+    its variables moved into the strategy's scope (`in_place`), trained by
+    tfpar's replica steps (`replica_model`). tfpar's own strategies
+    (`input_shares.SharedInput`) also shape each replica's share."""
 
     def __init__(self, strategy: tf.distribute.Strategy):
         self.strategy = strategy
         self._adoption = None
+        own = isinstance(strategy, input_shares.SharedInput)
+        self.shaped = own
+        self.microbatches = strategy.microbatches if own else 1
+        self.compression = strategy.compression if own else None
+
+    @property
+    def is_chief(self) -> bool:
+        # tf.distribute's own answer: False on a multi-worker job's workers.
+        return self.strategy.extended.should_checkpoint
 
     def check_fit(self, x, fit_kwargs: dict) -> None:
         replicas = self.strategy.num_replicas_in_sync
         check_divisible(
             x, fit_kwargs, replicas, "replicas",
-            # A short batch is padded to equal shares and stays exact
-            # (equal_shares), or, for a model with its own train_step,
-            # warned about there.
-            uneven_note=None,
+            # tfpar's strategies pad a short batch to equal shares, exactly
+            # (equal_shares); a model with its own train_step is warned
+            # about in replica_model.
+            uneven_note=None if self.shaped else (
+                f"{type(self.strategy).__name__} splits it unevenly across the replicas, whose "
+                "summed mean losses then differ from the batch's mean. "
+                "tfpar.strategies.DataParallel pads it to equal shares and stays exact."),
         )
-        check_share_divisible(inputs.global_batch(x, fit_kwargs), replicas,
-                           getattr(self.strategy, "microbatches", 1))
+        check_share_divisible(inputs.global_batch(x, fit_kwargs), replicas, self.microbatches)
 
     def recreate(self, model: keras.Model) -> keras.Model:
         self._adoption = in_place.Adoption(model, self.strategy)
@@ -142,19 +170,24 @@ class _Distribute:
         self._adoption.release(trained=False)
 
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
-        replica_steps.check_own_train_step(model, getattr(self.strategy, "microbatches", 1))
-        speed_shares.prepare(self.strategy, model, inputs.global_batch(x, fit_kwargs))
-        compression.prepare(self.strategy, model)  # PowerSGD's state, outside the scope
-        with self.strategy.scope(), equal_shares(model, self.strategy), \
-                train_function_installed(model, self.strategy, (x, y, fit_kwargs)) as (x, y, fit_kwargs):
+        replica_steps.check_own_train_step(model, self.microbatches)
+        self._prepare_speeds(model, x, fit_kwargs)
+        if isinstance(self.compression, PowerSGD):
+            compression_lib.prepare(self.strategy, model)  # its state, outside the scope
+        with self.strategy.scope(), replicated(model, self.strategy, (x, y, fit_kwargs),
+                                               microbatches=self.microbatches) as (x, y, fit_kwargs):
             return model.fit(x, y, **fit_kwargs)
 
     def predict(self, model: keras.Model, x, predict_kwargs: dict):
-        with self.strategy.scope(), replica_steps.active(self.strategy):
+        # Without targets a dataset is split as tf.distribute splits it.
+        with self.strategy.scope(), input_shares.sharing(self.strategy, scale_real=None):
             return model.predict(x, **predict_kwargs)
 
     def evaluate(self, model: keras.Model, x, y, evaluate_kwargs: dict):
-        speed_shares.prepare(self.strategy, model, inputs.global_batch(x, evaluate_kwargs))
-        with self.strategy.scope(), equal_shares(model, self.strategy), \
-                train_function_installed(model, self.strategy):
+        self._prepare_speeds(model, x, evaluate_kwargs)
+        with self.strategy.scope(), replicated(model, self.strategy, microbatches=self.microbatches):
             return model.evaluate(x, y, **evaluate_kwargs)
+
+    def _prepare_speeds(self, model: keras.Model, x, kwargs: dict) -> None:
+        if self.shaped and self.strategy.device_speeds is not None:
+            speed_shares.prepare(self.strategy, model, inputs.global_batch(x, kwargs))

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tfpar.comm import compression as compression_lib
 from tfpar.core import checks, devices as devices_lib, internals
-from tfpar.replication import replica_steps, speed_shares
+from tfpar.replication import input_shares, speed_shares
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
 ALL_REDUCE = ("auto", "ring", "nccl", "reduce_to_one")
@@ -31,7 +31,7 @@ ALL_REDUCE = ("auto", "ring", "nccl", "reduce_to_one")
 _KEY_BASES = itertools.count(start=100_000, step=100_000)
 
 
-class DataParallel(tf.distribute.MirroredStrategy):
+class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
     """Synchronous data parallel over local devices.
 
     Each device holds a full copy of the model and takes an equal slice of the
@@ -123,12 +123,6 @@ class DataParallel(tf.distribute.MirroredStrategy):
             f"bytes_per_pack={self.bytes_per_pack}, microbatches={self.microbatches}"
             + (f", device_speeds={self.device_speeds!r})" if self.device_speeds is not None else ")")
         )
-
-    def experimental_distribute_dataset(self, dataset, options=None):
-        # fit_distributed replaces this for its fit; reaching it with
-        # micro-batches or speeds means plain Keras, which would ignore them.
-        replica_steps.warn_unless_installed(self)
-        return super().experimental_distribute_dataset(dataset, options)
 
 
 def _configure_collectives(extended, all_reduce, bytes_per_pack) -> None:

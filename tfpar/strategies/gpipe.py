@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tfpar.core import checks
-from tfpar.pipeline import schedule as schedule_lib
-from tfpar.strategies.model_split import ModelSplit
+from tfpar.strategies.pipeline_strategy import PipelineStrategy
 
 
-class GPipe(ModelSplit):
+class GPipe(PipelineStrategy):
     """Pipeline-parallel training over stages on devices.
 
     Args:
@@ -70,17 +68,9 @@ class GPipe(ModelSplit):
         record_timeline: bool = False,
         data_parallel: int | str = 1,
     ):
-        checks.whole_number("microbatches", microbatches)
-        if schedule not in schedule_lib.SCHEDULES:
-            raise ValueError(
-                f"schedule must be one of {list(schedule_lib.SCHEDULES)}. Received: schedule={schedule!r}."
-            )
-        super().__init__(devices, balance=balance, device_speeds=device_speeds,
-                         data_parallel=data_parallel)
-        self.microbatches = microbatches
-        self.schedule = schedule
-        self.rematerialize = checks.boolean("rematerialize", rematerialize)
-        self.record_timeline = checks.boolean("record_timeline", record_timeline)
+        super().__init__(devices, microbatches=microbatches, balance=balance, schedule=schedule,
+                         rematerialize=rematerialize, device_speeds=device_speeds,
+                         record_timeline=record_timeline, data_parallel=data_parallel)
 
     def __repr__(self) -> str:
         return (

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tfpar.cluster import peers, startup, tf_config
 from tfpar.comm import compression as compression_lib
 from tfpar.core import checks, devices as devices_lib
-from tfpar.replication import replica_steps
+from tfpar.replication import input_shares
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
 # TensorFlow allows one set of collectives per process: the first
@@ -30,7 +30,7 @@ _STARTUP_SECONDS = 300.0
 ALL_REDUCE = {"auto": _Implementation.AUTO, "ring": _Implementation.RING, "nccl": _Implementation.NCCL}
 
 
-class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+class MultiWorker(input_shares.SharedInput, tf.distribute.MultiWorkerMirroredStrategy):
     """Synchronous data parallel over the workers that TF_CONFIG describes.
 
     Args:
@@ -165,8 +165,3 @@ class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
             f"compression={self.compression!r}, microbatches={self.microbatches}, "
             f"timeout_seconds={self.timeout_seconds})"
         )
-
-    def experimental_distribute_dataset(self, dataset, options=None):
-        # As DataParallel's: only plain Keras reaches this with micro-batches.
-        replica_steps.warn_unless_installed(self)
-        return super().experimental_distribute_dataset(dataset, options)

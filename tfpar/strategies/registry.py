@@ -8,6 +8,7 @@ from tfpar.strategies.data_parallel import DataParallel
 from tfpar.strategies.gpipe import GPipe
 from tfpar.strategies.model_split import ModelSplit
 from tfpar.strategies.multi_worker import MultiWorker
+from tfpar.strategies.pipeline_strategy import PipelineStrategy
 
 # Each name maps to the class it builds with default arguments.
 _NAMES = {"mirrored": DataParallel, "split": ModelSplit, "gpipe": GPipe, "multi_worker": MultiWorker}
@@ -36,7 +37,7 @@ def resolve(strategy) -> tf.distribute.Strategy:
         if strategy == "multi_worker":
             return MultiWorker.current()
         return _NAMES[strategy]()
-    if isinstance(strategy, (tf.distribute.Strategy, ModelSplit)):
+    if isinstance(strategy, (tf.distribute.Strategy, PipelineStrategy)):
         return strategy
     raise TypeError(
         "strategy must be a name, a tfpar strategy or a tf.distribute.Strategy. "
