@@ -64,6 +64,27 @@ def test_zb1_defers_weight_gradients_past_the_next_forward():
     assert intervals[(1, ("W", 0))][0] > intervals[(1, ("F", 1))][0]
 
 
+@pytest.mark.parametrize("strategy, replicas", [
+    (lambda: GPipe(2, microbatches=2, schedule="zb1"), 1),
+    (lambda: GPipe(4, microbatches=2, schedule="1f1b", data_parallel=2), 2),
+])
+def test_the_engine_runs_the_program_the_schedule_layer_makes(strategy, replicas):
+    # Every task the train step runs, all-reduces included, is the schedule
+    # layer's: the engine adds none of its own.
+    model = compile_model(build_mlp())
+    made = strategy()
+    trained = made.recreate(model)
+    try:
+        expected = schedule_lib.step_order(made.schedule, 2, 2, replicas=replicas,
+                                           all_reduce=replicas > 1)
+        assert trained.task_order == expected
+        assert sum(task.kind == "A" for _, task in expected) == (2 * replicas if replicas > 1 else 0)
+        forwards = schedule_lib.step_order("gpipe", 2, 2, replicas=replicas)
+        assert trained.plan.forward_order == [(s, task) for s, task in forwards if task.kind == "F"]
+    finally:
+        made.discard(trained, model)
+
+
 def test_no_timeline_unless_asked():
     x, y = make_data(32)
     capture = Capture()

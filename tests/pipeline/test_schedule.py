@@ -79,3 +79,31 @@ def test_deadlock_and_bad_arguments_are_errors():
     with pytest.raises(ValueError, match="num_microbatches must be a whole number >= 1. Received: 0"):
         schedule.per_stage("gpipe", 2, 0)
 
+
+
+@pytest.mark.parametrize("name", schedule.SCHEDULES)
+@pytest.mark.parametrize("k, m, r", [(1, 2, 2), (2, 4, 1), (3, 2, 2), (2, 3, 3)])
+def test_step_order_is_every_replicas_schedule_then_each_stages_all_reduce(name, k, m, r):
+    order = schedule.step_order(name, k, m, replicas=r, all_reduce=True)
+    base = schedule.emission_order(schedule.per_stage(name, k, m))
+    passes = [(stage, task) for stage, task in order if task.kind != "A"]
+    assert passes == [(i * k + stage, task) for i in range(r) for stage, task in base]
+    # One all-reduce per replica and stage, after every other task (a shared
+    # layer's weights, held by the first stage using them, sum later stages'
+    # gradients), the last stage's first.
+    reduces = order[len(passes):]
+    assert reduces == [(i * k + stage, ("A", 0)) for stage in reversed(range(k)) for i in range(r)]
+    assert schedule.step_order(name, k, m, replicas=r) == passes
+    # An all-reduce waits for nothing but its stage's previous task.
+    assert schedule.task_needs(0, schedule.Task("A", 0), schedule.chain(k)) == []
+
+
+def test_step_order_puts_all_reduces_after_a_later_stages_last_task_under_zb1():
+    # Stage 0's last W comes before stage 1's: an all-reduce placed after its
+    # own stage's last task would miss a shared weight's later gradients.
+    base = schedule.emission_order(schedule.per_stage("zb1", 2, 4))
+    last = {stage: place for place, (stage, _) in enumerate(base)}
+    assert last[0] < last[1]
+    order = schedule.step_order("zb1", 2, 4, all_reduce=True)
+    first_reduce = min(place for place, (_, task) in enumerate(order) if task.kind == "A")
+    assert first_reduce == len(base)

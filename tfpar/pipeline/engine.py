@@ -4,10 +4,12 @@
 (`placement.Graph`). Its `train_step`:
 
 1. splits the batch into M micro-batches (`microbatch.py`);
-2. runs each stage's forward and backward per micro-batch in the order a
-   schedule gives (`schedule.py`), each on its stage's device with a tape of
-   its own (`step.py`; with `rematerialize`, `remat.py`; under "zb1" the
-   backward's weight half deferred, `split_backward.py`);
+2. runs the step's program (`schedule.step_order`) in one loop: each
+   stage's forward and backward per micro-batch in the order a schedule
+   gives, each on its stage's device with a tape of its own (`step.py`;
+   with `rematerialize`, `remat.py`; under "zb1" the backward's weight half
+   deferred, `split_backward.py`), then, with data-parallel pipeline
+   replicas, each stage's gradient all-reduce (`replicas.py`);
 3. sums the gradients over micro-batches (and, for a shared layer's
    weights, over the stages that use them), checks that exactly the
    weights one device trains got one (`gradients.py`), and applies one
@@ -53,22 +55,20 @@ class _Plan:
         self.replica_variables = [list(t.trainable_variables) for t in twins]
         self.variables = [v for group in self.replica_variables for v in group]
         k = len(self.graph.stages)
-        base = schedule_lib.emission_order(schedule_lib.per_stage(schedule, k, microbatches))
-        # A task's stage is r * K + s for stage s of replica r.
-        self.order = [(r * k + s, task) for r in range(len(graphs)) for s, task in base]
-        # Inference runs the forwards alone, in the order of the forward
-        # pass of a fill-drain pipeline.
-        forwards = schedule_lib.emission_order(schedule_lib.per_stage("gpipe", k, microbatches))
-        self.forward_order = [(r * k + s, task) for r in range(len(graphs))
-                              for s, task in forwards if task.kind == "F"]
         group = workers or len(graphs)
         self.all_reduce = None
         if group > 1:
             self.all_reduce = [replicas_lib.StageAllReduce(
                 group, [g.stages[s].device for g in graphs], timeout_seconds) for s in range(k)]
-            # The last stage finishes its backward first, so it reduces first.
-            self.order += [(r * k + s, schedule_lib.Task("A", 0))
-                           for s in reversed(range(k)) for r in range(len(graphs))]
+        # The step's program, every task the train step runs, all-reduces
+        # included; a task's stage is r * K + s for stage s of replica r.
+        self.order = schedule_lib.step_order(schedule, k, microbatches, len(graphs),
+                                             all_reduce=self.all_reduce is not None)
+        # Inference runs the forwards alone, in the order of the forward
+        # pass of a fill-drain pipeline.
+        self.forward_order = [(stage, task) for stage, task
+                              in schedule_lib.step_order("gpipe", k, microbatches, len(graphs))
+                              if task.kind == "F"]
         self.workers = workers
         self.gradient_sum = gradients_lib.GradientSum(self.variables)
         self.in_train_step = False
@@ -276,32 +276,24 @@ class PipelineModel(keras.Model):
         micro = MicroBatches(flat_x, y, sample_weight, plan.microbatches * len(plan.graphs), total)
         steps = [Step(self, r, micro, r * plan.microbatches) for r in range(len(plan.graphs))]
         plan.gradient_sum.begin(flat_x)
-        timeline, stamps, ends, k = plan.timeline, [], {}, len(plan.graph.stages)
-        for stage_index, (kind, m) in plan.order:
-            if kind == "A":
-                continue  # after every backward, below
+        k = len(plan.graph.stages)
+        # Each task's (start, end) stamps, by its place in `order` (an
+        # all-reduce's come when its stage's collective runs), and each
+        # (replica, stage)'s last end stamp so far.
+        stamps, ends = [None] * len(plan.order), {}
+        all_reduces = _AllReduces(plan, steps, stamps, ends)
+        for place, (stage_index, (kind, m)) in enumerate(plan.order):
             plan.replica, local_stage = divmod(stage_index, k)
-            step = steps[plan.replica]
-            device = step.graph.stages[local_stage].device
-            if timeline is not None:
-                start = timeline_lib.stamp(device, step.task_inputs(local_stage, kind, m))
-                # The task's ops wait for their start stamp, or the executor
-                # could run them before the stamp and the interval would lie.
-                step.wait_for(local_stage, start)
-            if kind == "F":
-                step.forward(local_stage, m)
-            elif kind == "B":
-                step.backward(local_stage, m)
+            if kind == "A":
+                all_reduces.run(place, plan.replica, local_stage)
             else:
-                step.weights(local_stage, m)
-            if timeline is not None:
-                end = timeline_lib.stamp(device, step.last[local_stage])
-                ends[(plan.replica, local_stage)] = end
-                stamps.append(tf.stack([start, end]))
+                stamps[place] = self._run_pass(steps[plan.replica], local_stage, kind, m)
+                if stamps[place] is not None:
+                    ends[(plan.replica, local_stage)] = stamps[place][1]
         plan.replica = 0
-        grads = self._all_reduced(steps, stamps, ends) if plan.all_reduce else steps[0].gradients()
-        if timeline is not None:
-            timeline.assign(tf.stack(stamps))
+        grads = all_reduces.gradients() if plan.all_reduce else steps[0].gradients()
+        if plan.timeline is not None:
+            plan.timeline.assign(tf.stack([tf.stack(pair) for pair in stamps]))
         plan.check_gradients(grads)
         self.optimizer.apply(grads, plan.variables)
         total_loss = sum(step.total_loss for step in steps)
@@ -334,34 +326,78 @@ class PipelineModel(keras.Model):
         internals.loss_tracker(self).update_state(loss, sample_weight=count)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
-    def _all_reduced(self, steps: list, stamps: list, ends: dict) -> list:
-        """Each replica's gradients summed with the other replicas', stage by
-        stage, as soon as the stage's last backward is done; a shared layer's
-        weights with the stage holding them, the first that uses them, whose
-        backward is the last to add to their sum. `ends`: each
-        (replica, stage)'s last task's end stamp, which the all-reduce's
-        start stamp follows (the gradients can exist before that stamp is
-        read, and the interval would start before the backward's end)."""
-        plan, k = self._plan, len(self._plan.graph.stages)
-        reduced = {}
-        for s in reversed(range(k)):
-            variables = [step.graph.stages[s].owned_variables for step in steps]
-            local = [step.gradients(v) for step, v in zip(steps, variables)]
-            starts = None
-            if plan.timeline is not None:
-                starts = [timeline_lib.stamp(step.graph.stages[s].device,
-                                             (gradients_lib.tensors_of(grads) or step.last[s])
-                                             + [ends[(r, s)]] * ((r, s) in ends))
-                          for r, (step, grads) in enumerate(zip(steps, local))]
-            summed = plan.all_reduce[s](local, plan.gradient_sum.batch,
-                                        after=None if starts is None else [[t] for t in starts])
-            for r, (step, vs, grads) in enumerate(zip(steps, variables, summed)):
-                reduced.update({id(v): g for v, g in zip(vs, grads)})
-                if starts is not None:
-                    end = timeline_lib.stamp(step.graph.stages[s].device,
-                                             gradients_lib.tensors_of(grads) or [starts[r]])
-                    stamps.append(tf.stack([starts[r], end]))
-        return [reduced.get(id(v)) for v in plan.variables]
+    def _run_pass(self, step: Step, stage: int, kind: str, micro: int):
+        """Runs a forward ("F"), backward ("B") or weight ("W") task of
+        `step`'s replica; returns its (start, end) stamps (None unless the
+        plan records a timeline)."""
+        run = {"F": step.forward, "B": step.backward, "W": step.weights}[kind]
+        if self._plan.timeline is None:
+            run(stage, micro)
+            return None
+        device = step.graph.stages[stage].device
+        start = timeline_lib.stamp(device, step.task_inputs(stage, kind, micro))
+        # The task's ops wait for their start stamp, or the executor could
+        # run them before the stamp and the interval would lie.
+        step.wait_for(stage, start)
+        run(stage, micro)
+        return start, timeline_lib.stamp(device, step.last[stage])
+
+
+class _AllReduces:
+    """The all-reduce ("A") tasks of one training step.
+
+    Stage s's collective sums every local replica's gradients at once
+    (`StageAllReduce`), so the A task of (replica r, stage s) hands it
+    replica r's gradients of the stage's weights, and the stage's last A
+    task runs it. A shared layer's weights go with the stage holding them,
+    the first that uses them (`schedule.step_order` puts every A task after
+    every task adding to a gradient).
+
+    Args:
+      plan: the pipeline's plan, with its `all_reduce`.
+      steps: each local replica's `Step`.
+      stamps: each task's (start, end) stamps by its place in `order`; an
+        A task's are written here when its stage's collective runs.
+      ends: each (replica, stage)'s last task's end stamp, which the
+        all-reduce's start stamp follows (the gradients can exist before
+        that stamp is read, and the interval would start before the
+        backward's end).
+    """
+
+    def __init__(self, plan: _Plan, steps: list, stamps: list, ends: dict):
+        self.plan, self.steps, self.stamps, self.ends = plan, steps, stamps, ends
+        self.handed = {}  # stage -> replica -> (place, variables, gradients, start stamp)
+        self.reduced = {}  # id(variable) -> its gradient, summed over the replicas
+
+    def run(self, place: int, replica: int, stage: int) -> None:
+        """The A task at `place` in `order`: of `stage` of `replica`."""
+        step = self.steps[replica]
+        variables = step.graph.stages[stage].owned_variables
+        grads = step.gradients(variables)
+        start = None
+        if self.plan.timeline is not None:
+            start = timeline_lib.stamp(step.graph.stages[stage].device,
+                                       (gradients_lib.tensors_of(grads) or step.last[stage])
+                                       + [self.ends[(replica, stage)]] * ((replica, stage) in self.ends))
+        handed = self.handed.setdefault(stage, {})
+        handed[replica] = (place, variables, grads, start)
+        if len(handed) < len(self.steps):
+            return
+        # The collective's members in replica order, as its devices are.
+        members = [handed[r] for r in range(len(self.steps))]
+        after = None if start is None else [[member[3]] for member in members]
+        summed = self.plan.all_reduce[stage]([member[2] for member in members],
+                                             self.plan.gradient_sum.batch, after=after)
+        for r, ((at, owned, _, began), total) in enumerate(zip(members, summed)):
+            self.reduced.update({id(v): g for v, g in zip(owned, total)})
+            if began is not None:
+                end = timeline_lib.stamp(self.steps[r].graph.stages[stage].device,
+                                         gradients_lib.tensors_of(total) or [began])
+                self.stamps[at] = (began, end)
+
+    def gradients(self) -> list:
+        """Each of the plan's weights' summed gradient (None: it got none)."""
+        return [self.reduced.get(id(v)) for v in self.plan.variables]
 
 
 # fit and evaluate build metric and optimizer state through this hook.

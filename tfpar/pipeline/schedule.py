@@ -2,8 +2,11 @@
 
 Pure Python, no TensorFlow. A task is a forward ("F") or backward ("B") pass
 of one micro-batch on one stage. A schedule gives each stage its sequence of
-tasks; the pipeline engine emits them in `emission_order` and chains each
-stage's tasks in the graph, so a device runs them exactly in this order.
+tasks; `emission_order` puts them in one global order, and `step_order`
+makes the whole program of a training step from it: every pipeline
+replica's tasks, and each stage's gradient all-reduce ("A"). The pipeline
+engine emits exactly that program and chains each stage's tasks in the
+graph, so a device runs them exactly in this order.
 
 Drawn by `render` with K=3 stages and M=4 micro-batches, a forward taking
 one tick and a backward two (its usual cost):
@@ -74,7 +77,7 @@ class Task(NamedTuple):
         """The task a string such as "F3" names.
 
         Raises:
-          ValueError: not a kind (F, B or A) followed by a micro-batch index.
+          ValueError: not a kind (F, B, W or A) followed by a micro-batch index.
         """
         if len(text) < 2 or text[0] not in KINDS or not text[1:].isdigit():
             raise ValueError(f'A task is "F", "B", "W" or "A" and a micro-batch index, e.g. "F3". '
@@ -164,6 +167,35 @@ def emission_order(sequences: list[list[Task]]) -> list[tuple[int, Task]]:
     return [(stage, task) for _, stage, task in clock(sequences)]
 
 
+def step_order(schedule: str, num_stages: int, num_microbatches: int, replicas: int = 1,
+               all_reduce: bool = False) -> list[tuple[int, Task]]:
+    """Every task of a training step, as (stage, task) in the order the
+    engine runs them and the timeline records them; stage r x K + s is
+    stage s of replica r.
+
+    Each replica runs the `emission_order` of `schedule`, replica after
+    replica. With `all_reduce` (replicas trained data parallel, in this
+    process or across workers), each stage's gradients are then summed
+    across the replicas: an "A" task per replica and stage, the last
+    stage's first, as the backward pass frees them. The A tasks follow every
+    other task, not just their stage's last: a shared layer's weights, held
+    by the first stage that uses them, also sum the gradients of later
+    stages' tasks, and a stage's last task can come before a later stage's
+    (under "zb1", stage 0's last W before stage 1's). In the graph an A
+    task waits only for its stage's previous task (`task_needs`) and for
+    the gradients it sums.
+
+    >>> [f"{stage}:{task}" for stage, task in step_order("gpipe", 2, 1, replicas=2, all_reduce=True)]
+    ['0:F0', '1:F0', '1:B0', '0:B0', '2:F0', '3:F0', '3:B0', '2:B0', '1:A0', '3:A0', '0:A0', '2:A0']
+    """
+    base = emission_order(per_stage(schedule, num_stages, num_microbatches))
+    order = [(r * num_stages + stage, task) for r in range(replicas) for stage, task in base]
+    if all_reduce:
+        order += [(r * num_stages + stage, Task("A", 0))
+                  for stage in reversed(range(num_stages)) for r in range(replicas)]
+    return order
+
+
 def clock(sequences: list[list[Task]], duration=None):
     """Simulates the schedule; returns (start, stage, task) of every task.
 
@@ -214,15 +246,17 @@ def task_needs(stage: int, task: Task, feeds: list[list[int]]) -> list[tuple[int
     """The tasks whose results `task` on `stage` waits for: a forward, the
     same micro-batch's forward on each stage it reads (`feeds[stage]`); a
     backward, the micro-batch's backward on each stage that reads it, and
-    its own forward. The one statement of the rules, used by the simulator
-    here and by the engine (`PipelineModel.task_needs`), whose stages may
-    also read past their neighbour (a skip connection).
+    its own forward; a weight half W, its B; an all-reduce, none but the
+    stage's previous task, which every task follows. The one statement of
+    the rules, used by the simulator here and by the engine
+    (`PipelineModel.task_needs`), whose stages may also read past their
+    neighbour (a skip connection).
 
     >>> task_needs(1, Task("B", 0), chain(3))
     [(2, Task(kind='B', micro=0)), (1, Task(kind='F', micro=0))]
     """
     kind, micro = task
-    if kind == "A":  # after the stage's own last backward: its previous task
+    if kind == "A":
         return []
     if kind == "W":
         return [(stage, Task("B", micro))]

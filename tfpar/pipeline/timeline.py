@@ -1,12 +1,14 @@
 """What a pipeline step really did: per-stage task intervals and pictures.
 
 A pipeline built with `record_timeline=True` stamps the start and end of
-every forward (F) and backward (B) task of each stage and micro-batch in the
-last training step (`stamp`, called by the engine). This module turns those
-stamps into `Interval`s, the measured bubble (the share of the step a stage
-sat idle) next to the ideal (K-1)/(M+K-1), a Chrome trace (chrome://tracing
-or https://ui.perfetto.dev) and a Gantt chart PNG; `PipelineTimeline` is the
-Keras callback that does all of it at the end of training.
+every task of the last training step (`stamp`, called by the engine): each
+stage's forward (F) and backward (B, under "zb1" also W) of each
+micro-batch, and with data-parallel replicas each stage's all-reduce (A).
+This module turns those stamps into `Interval`s, the measured bubble (the
+share of the step a stage sat idle) next to the ideal (K-1)/(M+K-1), a
+Chrome trace (chrome://tracing or https://ui.perfetto.dev) and a Gantt
+chart PNG; `PipelineTimeline` is the Keras callback that does all of it at
+the end of training.
 
 Example:
     >>> strategy = tfpar.strategies.GPipe(2, microbatches=8, record_timeline=True)
@@ -48,8 +50,8 @@ def _now(_anchor) -> np.float64:
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-    """One task: `kind` ("F" or "B") of micro-batch `micro` on `stage`,
-    from `start` to `end` seconds after the step began."""
+    """One task: `kind` ("F", "B", "W" or "A") of micro-batch `micro` on
+    `stage`, from `start` to `end` seconds after the step began."""
 
     stage: int
     kind: str
