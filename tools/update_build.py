@@ -113,9 +113,11 @@ def render() -> str:
         # its tests and exit 0. No __init__.py made in the runfiles: tests/
         # has none, so pytest imports each test file by its own name, and
         # one test file imports another (`from test_search import ...`).
-        attributes = ['size = "medium"', f"srcs = [{', '.join(_quoted([test, *siblings, RUNNER]))}]",
+        attributes = [f"srcs = [{', '.join(_quoted([test, *siblings, RUNNER]))}]",
                       f'main = "{RUNNER}"', f'args = ["{test}"]', "legacy_create_init = False"]
         if test in STANDALONE_TESTS:
+            # Seconds each: small's minute is ample (medium's five would hide a hang).
+            attributes.insert(0, 'size = "small"')
             needs = sorted({m for f in [test, *siblings] for m in _imports(ROOT / f)}
                            & {pathlib.Path(s).stem for s in support if s != RUNNER})
             if needs:
@@ -123,6 +125,7 @@ def render() -> str:
             attributes += ['tags = ["standalone"]',
                            'deps = [":tfpar", requirement("pytest"), requirement("pytest-xdist")]']
         else:
+            attributes.insert(0, 'size = "medium"')
             data = '["README.md", ".ci/run", "BUILD"] + glob(["notebooks/*.ipynb", "docs/*.md"])'
             attributes += [f"data = {data}", 'deps = [":test_support", requirement("pytest-xdist")]']
         parts.append(_rule("py_test", name, attributes))
