@@ -13,6 +13,8 @@ def test_readme_opens_with_exactly_two_commands():
 
 
 def test_ci_runs_the_second_readme_command():
+    # As written, and last: .ci/run's Bazel step comes before it
+    # (tests/test_build.py checks that step).
     script = (ROOT / ".ci" / "run").read_text().splitlines()
     readme = (ROOT / "README.md").read_text().splitlines()
     assert script[-1] == readme[2]
