@@ -4,14 +4,12 @@ with error feedback and warm start (Vogels et al., 2019)."""
 import os
 import subprocess
 import sys
-import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpar.comm import compression
 from tfpar.strategies import DataParallel, PowerSGD
 import tfpar
 
@@ -25,12 +23,14 @@ def reduce_twice(strategy, matrices, biases):
     """Two all-reduces of (matrix, bias) per replica, as an optimizer makes
     them; returns each step's per-replica results."""
     prepared = [keras.Variable(np.zeros((N, M), "float32")), keras.Variable(np.zeros(M, "float32"))]
-    compression.prepare(strategy, types.SimpleNamespace(trainable_weights=prepared))
+    hook = strategy.communication_hook
+    with strategy.scope():
+        hook.prepare(prepared)
 
     @tf.function
     def step(m, b):
         def replica_fn(m, b):
-            return tf.distribute.get_replica_context().all_reduce("sum", [m, b])
+            return hook(list(zip([m, b], prepared)))
 
         return strategy.run(replica_fn, args=(m, b))
 
@@ -83,13 +83,14 @@ def test_the_collectives_carry_the_factors_not_the_matrices():
     strategy = DataParallel(2, all_reduce="ring", compression=PowerSGD(rank=RANK))
     n, m = 64, 32
     weights = [keras.Variable(np.zeros((n, m), "float32")), keras.Variable(np.zeros(m, "float32"))]
-    compression.prepare(strategy, types.SimpleNamespace(trainable_weights=weights))
+    hook = strategy.communication_hook
+    with strategy.scope():
+        hook.prepare(weights)
 
     @tf.function
     def step():
         def replica_fn():
-            return tf.distribute.get_replica_context().all_reduce(
-                "sum", [tf.ones((n, m)), tf.ones(m)])
+            return hook(list(zip([tf.ones((n, m)), tf.ones(m)], weights)))
 
         return strategy.run(replica_fn)
 
@@ -98,8 +99,7 @@ def test_the_collectives_carry_the_factors_not_the_matrices():
                if op.type.startswith("CollectiveReduce"))
     # Per replica: P (n x r), then Q (m x r) with the bias, instead of n*m + m.
     assert sent == 2 * (n * RANK + m * RANK + m)
-    ops = tfpar.core.internals.cross_device_ops(strategy.extended)
-    assert (ops.sent_bytes, ops.raw_bytes) == (4 * (n * RANK + m * RANK + m), 4 * (n * m + m))
+    assert (hook.sent_bytes, hook.raw_bytes) == (4 * (n * RANK + m * RANK + m), 4 * (n * m + m))
 
 
 def test_trains_with_replicas_identical_and_close_to_uncompressed():
@@ -124,6 +124,57 @@ def test_checkpointing_warns_that_its_error_feedback_is_not_kept(tmp_path):
         tfpar.fit_distributed(model, x, y, strategy=DataParallel(2, compression="powersgd"),
                               batch_size=32, epochs=1, verbose=0, shuffle=False,
                               checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1)
+
+
+def test_state_is_the_variables_whatever_the_order_of_same_shaped_gradients():
+    # Two weights of one shape: each keeps its own Q and error feedback, so
+    # summing them in the other order gives each the same result.
+    strategy = DataParallel(2, compression=PowerSGD(rank=1))
+    weights = [keras.Variable(np.zeros((N, M), "float32")) for _ in range(2)]
+    hook = strategy.communication_hook
+    rng = np.random.default_rng(7)
+    grads = rng.normal(size=(2, 2, N, M)).astype("float32")  # weight, replica
+
+    def summed(order):
+        with strategy.scope():
+            hook.prepare(weights)
+
+        @tf.function
+        def step(a, b):
+            def replica_fn(a, b):
+                pairs = [(a, weights[0]), (b, weights[1])]
+                return hook([pairs[i] for i in order])
+
+            return strategy.run(replica_fn, args=(a, b))
+
+        values = [strategy.experimental_distribute_values_from_function(
+            lambda ctx, w=w: tf.constant(grads[w][ctx.replica_id_in_sync_group])) for w in range(2)]
+        results = []
+        for _ in range(2):  # the second step reads the first's state
+            out = step(*values)
+            results.append({w: np.array(strategy.experimental_local_results(out[order.index(w)])[0])
+                            for w in range(2)})
+        return results
+
+    forward, backward = summed([0, 1]), summed([1, 0])
+    for a, b in zip(forward, backward):
+        for w in range(2):
+            np.testing.assert_allclose(a[w], b[w], rtol=1e-5, atol=1e-6)
+
+
+def test_a_gradient_of_a_variable_without_state_is_an_error():
+    strategy = DataParallel(2, compression="powersgd")
+    hook = strategy.communication_hook
+    with strategy.scope():
+        hook.prepare([])
+    stranger = keras.Variable(np.zeros((N, M), "float32"), name="stranger")
+
+    @tf.function
+    def step():
+        return strategy.run(lambda: hook([(tf.ones((N, M)), stranger)]))
+
+    with pytest.raises(ValueError, match=r"PowerSGD has no state for variable .*stranger"):
+        step()
 
 
 def test_plain_keras_in_the_scope_warns_that_it_runs_uncompressed():

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,13 +10,19 @@ from conftest import DEVICES, assert_same_weights, build_mlp, compile_model, wei
 
 
 def _all_reduce(strategy, value, dtype=tf.float32):
-    """Each replica contributes `value`; returns what each replica receives."""
+    """Each replica contributes `value` as a variable's gradient; returns
+    what each replica receives from the strategy's gradient sum (Keras'
+    own all-reduce without compression)."""
+    variable = keras.Variable(tf.zeros((), dtype), trainable=dtype.is_floating)
+    hook = strategy.communication_hook
 
     @tf.function
     def step():
         def replica_fn():
-            context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(value, dtype))
+            grad = tf.constant(value, dtype)
+            if hook is None:
+                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grad)
+            return hook([(grad, variable)])[0]
 
         return strategy.run(replica_fn)
 

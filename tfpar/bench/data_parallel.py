@@ -84,9 +84,9 @@ def _powersgd(args, devices, x, y) -> dict:
         timer = timing.StepTimer()
         tfpar.fit_distributed(_model(args), x, y, batch_size=args.batch_size, epochs=2, verbose=0,
                               shuffle=False, callbacks=[timer], strategy=strategy)
-        ops = tfpar.core.internals.cross_device_ops(strategy.extended)
+        hook = strategy.communication_hook
         model_bytes = sum(v.numpy().nbytes for v in _model(args).trainable_weights)
-        sent = getattr(ops, "sent_bytes", model_bytes)
+        sent = model_bytes if hook is None else hook.sent_bytes
         result[str(compression)] = sent
         rows.append((str(compression), sent / 2**10, model_bytes / sent,
                      statistics.median(timer.seconds[1:]) * 1000))

@@ -1,13 +1,17 @@
-"""A `tf.distribute.CrossDeviceOps` that changes what an inner one reduces.
+"""Where compression acts: the replicas' gradients summed with their variables.
 
-Mirrored-family strategies send every reduction through one CrossDeviceOps
-(`internals.cross_device_ops`). tfpar's compressions wrap it: they change
-the values on their way in and out, and TensorFlow's own collectives (ring,
-NCCL, reduction to one device, gRPC across workers) do the exchange.
+tfpar's optimizer twin (`tfpar.core.internals.summed_update_optimizer`)
+sums the replicas' gradients in one place, in each replica, with every
+gradient still paired with its variable, as PyTorch DDP's communication
+hooks see a bucket of gradients. A `GradientSum` is that sum: this base
+all-reduces them as Keras does (`ReplicaContext.all_reduce`, which packs
+them by the strategy's `bytes_per_pack` into TensorFlow's own collectives);
+the compressions change what travels (`compression.Casting`,
+`powersgd.PowerSGDSum`) and keep any state they need by variable.
 
 Example:
     >>> strategy = tfpar.strategies.DataParallel(2, compression="bf16")
-    >>> isinstance(tfpar.core.internals.cross_device_ops(strategy.extended), WrappingAllReduce)
+    >>> isinstance(strategy.communication_hook, GradientSum)
     True
 """
 
@@ -15,49 +19,37 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar.core import internals
 
+class GradientSum:
+    """The sum over replicas of each gradient, in replica context.
 
-class WrappingAllReduce(tf.distribute.CrossDeviceOps):
-    """Delegates everything to `inner`; subclasses override what they change.
-
-    Args:
-      inner: the implementation that performs the reductions.
+    Attributes:
+      sent_bytes, raw_bytes: numbers each replica handed to the all-reduce
+        in the last traced sum, and what they would have been uncompressed.
     """
 
-    def __init__(self, inner: tf.distribute.CrossDeviceOps):
-        super().__init__()
-        self._inner = inner
-        self._canonicalize_devices = internals.canonicalize_devices(inner)
+    def __init__(self):
+        self.sent_bytes = self.raw_bytes = 0
 
-    @property
-    def _num_between_graph_workers(self):
-        # TensorFlow's batch_reduce skips the exchange when this is 1 and a
-        # process has one replica: a multi-worker wrapper must say how many.
-        return internals.between_graph_workers(self._inner)
+    def prepare(self, variables) -> None:
+        """Makes the state the sum keeps per variable (in the strategy's
+        scope, before training); none here."""
 
-    def reduce_implementation(self, reduce_op, per_replica_value, destinations, options):
-        return self._inner.reduce(reduce_op, per_replica_value, destinations, options)
+    def __call__(self, grads_and_vars) -> list:
+        """The summed gradients, in order; None stays None."""
+        pairs = [(g, v) for g, v in grads_and_vars if g is not None]
+        context = tf.distribute.get_replica_context()
+        summed = iter(self.sum(context, pairs) if pairs else [])
+        return [None if g is None else next(summed) for g, _ in grads_and_vars]
 
-    def batch_reduce_implementation(self, reduce_op, value_destination_pairs, options):
-        return self._inner.batch_reduce(reduce_op, value_destination_pairs, options)
-
-    def broadcast_implementation(self, tensor, destinations):
-        return self._inner.broadcast(tensor, destinations)
-
-    def _gather(self, value, destinations, axis, options=None):
-        return internals.gather(self._inner, value, destinations, axis, options)
+    def sum(self, context: tf.distribute.ReplicaContext, pairs) -> list:
+        """The sums of `pairs`' gradients (none is None)."""
+        grads = [g for g, _ in pairs]
+        self.sent_bytes = self.raw_bytes = sum(nbytes(g) for g in grads)
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
 
-def per_part(fn, value, wrap):
-    """`fn` of each replica's part of `value`, on that part's device, the
-    results joined by `wrap` (`internals.per_replica` or
-    `internals.mirrored`); `fn(value)` for a plain tensor (a worker with one
-    replica hands those over)."""
-    if not isinstance(value, tf.distribute.DistributedValues):
-        return fn(value)
-    parts = []
-    for part in value.values:
-        with tf.device(part.device):
-            parts.append(fn(part))
-    return wrap(parts)
+def nbytes(grad) -> int:
+    """Bytes of a gradient (of an IndexedSlices: its rows)."""
+    values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
+    return (values.shape.num_elements() or 0) * values.dtype.size

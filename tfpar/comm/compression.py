@@ -1,13 +1,15 @@
 """How gradients travel: the all-reduce options both data-parallel
-strategies take (`check_options`), and compression: all-reduce in half
-precision (`CastingAllReduce`), or as PowerSGD's low-rank factors
-(`powersgd`).
+strategies take (`check_options`), and compression (`communication_hook`):
+gradients all-reduced in half precision (`Casting`), or as PowerSGD's
+low-rank factors (`powersgd`).
 
-`CastingAllReduce` wraps any `tf.distribute.CrossDeviceOps`: floating values
-wider than the wire dtype are cast down before the exchange and back up after,
-halving the bytes that cross the interconnect. The sum itself is done by the
-wrapped implementation (ring collectives, NCCL, reduction to one device), so
-this adds no transport of its own.
+Both act on the gradients with their variables (`all_reduce.GradientSum`),
+in tfpar's optimizer twin: `Casting` casts floating gradients wider than the
+wire dtype down before the exchange and back up after, halving the bytes
+that cross the interconnect. The sum itself is TensorFlow's own collectives
+(ring, NCCL, reduction to one device, gRPC across workers), so this adds no
+transport of its own. Other reductions (metrics, the loss) travel as they
+are.
 
 Example:
     >>> strategy = tfpar.strategies.DataParallel(2, compression="fp16")
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfpar.comm.all_reduce import WrappingAllReduce, per_part
-from tfpar.comm.powersgd import PowerSGD, PowerSGDAllReduce
-from tfpar.core import checks, internals
+from tfpar.comm.all_reduce import GradientSum, nbytes
+from tfpar.comm.powersgd import PowerSGD, PowerSGDSum
+from tfpar.core import checks
 
 WIRE_DTYPES = {"fp16": tf.float16, "bf16": tf.bfloat16}
 NAMES = [None, *WIRE_DTYPES, "powersgd"]
@@ -64,70 +66,40 @@ def resolve(compression):
     )
 
 
-def install(strategy) -> None:
-    """Makes a Mirrored-family strategy's reductions travel as its
-    `compression` says.
-
-    MirroredExtended (and its multi-worker subclass) send every reduction
-    through `_cross_device_ops`; wrapping it is how the cast, or PowerSGD,
-    reaches TensorFlow's own collectives.
-    """
-    compression, extended = strategy.compression, strategy.extended
+def communication_hook(compression) -> GradientSum | None:
+    """The gradient sum a resolved `compression` makes (None: Keras' own
+    all-reduce, uncompressed)."""
     if compression is None:
-        return
-    inner = internals.cross_device_ops(extended)
+        return None
     if isinstance(compression, PowerSGD):
-        wrapper = PowerSGDAllReduce(inner, compression, extended.worker_devices,
-                                    strategy.num_replicas_in_sync)
-    else:
-        wrapper = CastingAllReduce(inner, WIRE_DTYPES[compression])
-    internals.set_cross_device_ops(extended, wrapper)
+        return PowerSGDSum(compression)
+    return Casting(WIRE_DTYPES[compression])
 
 
-def prepare(strategy, model) -> None:
-    """Gives a strategy's PowerSGD fresh state for `model`'s weights,
-    before training."""
-    internals.cross_device_ops(strategy.extended).prepare(model.trainable_weights)
-
-
-class CastingAllReduce(WrappingAllReduce):
-    """A `CrossDeviceOps` that reduces floating values in a narrower dtype.
+class Casting(GradientSum):
+    """Floating gradients wider than the wire dtype are cast to it for the
+    all-reduce and back after.
 
     Args:
-      inner: the implementation that performs the reduction.
       dtype: the dtype on the wire, `tf.float16` or `tf.bfloat16`.
     """
 
-    def __init__(self, inner: tf.distribute.CrossDeviceOps, dtype: tf.DType):
-        super().__init__(inner)
+    def __init__(self, dtype: tf.DType):
+        super().__init__()
         self._dtype = dtype
 
-    def reduce_implementation(self, reduce_op, per_replica_value, destinations, options):
-        narrow, wide = self._narrow(per_replica_value)
-        reduced = self._inner.reduce(reduce_op, narrow, destinations, options)
-        return self._widen(reduced, wide)
-
-    def batch_reduce_implementation(self, reduce_op, value_destination_pairs, options):
-        pairs, wides = [], []
-        for value, destinations in value_destination_pairs:
-            narrow, wide = self._narrow(value)
-            pairs.append((narrow, destinations))
-            wides.append(wide)
-        reduced = self._inner.batch_reduce(reduce_op, pairs, options)
-        return [self._widen(r, w) for r, w in zip(reduced, wides)]
-
-    def _narrow(self, value):
-        """Casts each replica's component down; returns it and the old dtype."""
-        parts = value.values if isinstance(value, tf.distribute.DistributedValues) else None
-        dtype = tf.as_dtype((parts[0] if parts else value).dtype)
-        if not self._compressible(dtype):
-            return value, None
-        return per_part(lambda part: tf.cast(part, self._dtype), value, internals.per_replica), dtype
-
-    def _widen(self, value, dtype):
-        if dtype is None:
-            return value
-        return per_part(lambda part: tf.cast(part, dtype), value, internals.mirrored)
+    def sum(self, context, pairs) -> list:
+        grads = [g for g, _ in pairs]
+        wide = [_dtype(g) if self._compressible(_dtype(g)) else None for g in grads]
+        narrow = [g if w is None else tf.cast(g, self._dtype) for g, w in zip(grads, wide)]
+        self.raw_bytes = sum(nbytes(g) for g in grads)
+        self.sent_bytes = sum(nbytes(g) for g in narrow)
+        summed = context.all_reduce(tf.distribute.ReduceOp.SUM, narrow)
+        return [s if w is None else tf.cast(s, w) for s, w in zip(summed, wide)]
 
     def _compressible(self, dtype: tf.DType) -> bool:
         return dtype.is_floating and dtype.size > self._dtype.size
+
+
+def _dtype(grad) -> tf.DType:
+    return tf.as_dtype(grad.dtype)

@@ -19,14 +19,12 @@ r (n + m) >= n m, travel as they are, in the same all-reduce as the
 factors Q. Two all-reduces per step instead of one: P's, then Q's with the
 uncompressed tensors.
 
-The state (Q and e per matrix and local replica) is made by `prepare`
-before training, outside any tf.function: `fit_distributed` calls it with
-the model's trainable weights. Gradients are matched to it by shape (the
-k-th gradient of a shape in an all-reduce takes that shape's k-th state):
-any consistent match is the algorithm (the state only has to follow
-the same tensor from step to step). So every all-reduce of tensors shaped
-like the weights is compressed: a custom `train_step` that all-reduces
-other matrices of those shapes should not use this compression.
+It runs where the replicas' gradients are summed with their variables
+(`all_reduce.GradientSum`, in tfpar's optimizer twin), so the state (Q and
+e of each weight matrix, each replica its own) is the variable's: `prepare`
+makes it before training, in the strategy's scope, for the model's
+trainable weights. Other all-reduces (metrics, a custom step's own) travel
+as they are.
 
 Example:
     >>> PowerSGD(rank=4)
@@ -40,13 +38,12 @@ Example:
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from tfpar.comm.all_reduce import WrappingAllReduce, per_part
-from tfpar.core import checks, internals
+from tfpar.comm.all_reduce import GradientSum, nbytes
+from tfpar.core import checks
 
 
 class PowerSGD:
@@ -88,164 +85,85 @@ def compressed_shape(shape, rank: int) -> tuple[int, int] | None:
     return (n, m) if rank * (n + m) < n * m else None
 
 
-class PowerSGDAllReduce(WrappingAllReduce):
-    """A `CrossDeviceOps` that all-reduces gradient matrices as PowerSGD
-    factors through `inner` (TensorFlow's own collectives).
+class PowerSGDSum(GradientSum):
+    """The replicas' gradients summed with weight matrices' gradients as
+    PowerSGD factors, through TensorFlow's own collectives.
 
     Args:
-      inner: the implementation that performs every reduction.
       options: the `PowerSGD` settings.
-      devices: this process's replica devices, in replica order.
-      replicas: all replicas in sync (every worker's).
     """
 
-    def __init__(self, inner: tf.distribute.CrossDeviceOps, options: PowerSGD, devices, replicas: int):
-        super().__init__(inner)
+    def __init__(self, options: PowerSGD):
+        super().__init__()
         self.options = options
-        self._devices, self._replicas = list(devices), replicas
-        self._state = []  # per prepared matrix: (shape, (n, m), [Q per device], [e per device])
-        self._warned = False
-        # Numbers handed to the inner all-reduce by the last gradient
-        # reduction, and what it would have sent uncompressed (read by the
-        # bench; fixed when the step is traced).
-        self.sent_bytes = self.raw_bytes = 0
+        # Per compressed variable (by identity): its (n, m) matrix shape,
+        # Q and the error feedback e, each replica's own (ON_READ).
+        self._state = {}
+        self._variables = []  # kept alive, so that their ids stay theirs
 
     def prepare(self, variables) -> None:
-        """Makes fresh state for the trainable `variables` (before training)."""
+        """Makes fresh state for the trainable `variables`, in the
+        strategy's scope (before training)."""
         rng = np.random.default_rng(self.options.seed)
-        self._state = []
-        for variable in variables:
+        self._state, self._variables = {}, list(variables)
+        for variable in self._variables:
             shape, dtype = tuple(variable.shape), tf.as_dtype(variable.dtype)
             matrix = compressed_shape(shape, self.options.rank) if dtype.is_floating else None
             if matrix is None:
                 continue
             n, m = matrix
             start = rng.standard_normal((m, self.options.rank)).astype(dtype.as_numpy_dtype)
-            qs, errors = [], []
-            for device in self._devices:
-                with tf.device(device):
-                    qs.append(tf.Variable(start, trainable=False, name="powersgd_q"))
-                    errors.append(tf.Variable(tf.zeros((n, m), dtype), trainable=False,
-                                              name="powersgd_error"))
-            self._state.append((shape, matrix, qs, errors))
+            local = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                         aggregation=tf.VariableAggregation.NONE)
+            self._state[id(variable)] = (matrix, tf.Variable(start, name="powersgd_q", **local),
+                                         tf.Variable(tf.zeros((n, m), dtype), name="powersgd_error", **local))
 
-    def batch_reduce_implementation(self, reduce_op, value_destination_pairs, options):
-        values = [value for value, _ in value_destination_pairs]
+    def sum(self, context, pairs) -> list:
         # Sparse gradients (embedding lookups) travel as they are: densified,
         # Adam would update them differently.
-        compressed = self._match([None if isinstance(_parts(v)[0], tf.IndexedSlices)
-                                  else _parts(v)[0].shape for v in values])
-        if compressed is None:
-            return self._inner.batch_reduce(reduce_op, value_destination_pairs, options)
+        compressed = {i: self._state_of(v) for i, (g, v) in enumerate(pairs)
+                      if not isinstance(g, tf.IndexedSlices) and self._compressible(g)}
+        if not compressed:
+            return super().sum(context, pairs)
+        replicas = context.num_replicas_in_sync
         # Round 1: P = (M + e) Q for every compressed matrix.
-        matrices, ps = {}, []
-        for i, (_, (n, m), qs, errors) in compressed.items():
-            parts = _parts(values[i])
-            matrices[i] = []
-            p_parts = []
-            for part, q, error, device in zip(parts, qs, errors, self._devices):
-                with tf.device(device):
-                    matrix = tf.reshape(part, (n, m)) + error
-                    matrices[i].append(matrix)
-                    p_parts.append(tf.matmul(matrix, q))
-            ps.append(_like(values[i], p_parts))
-        reduced_p = self._inner.batch_reduce(tf.distribute.ReduceOp.SUM, [(p, p) for p in ps], options)
+        matrices = {i: tf.reshape(pairs[i][0], (n, m)) + error
+                    for i, ((n, m), _, error) in compressed.items()}
+        ps = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                [tf.matmul(matrices[i], q) for i, (_, q, _) in compressed.items()])
         # Round 2: Q = M^T P (P orthonormalized), with the uncompressed values.
-        bases, second = {}, []
-        for (i, _), p in zip(compressed.items(), reduced_p):
-            bases[i] = []
-            q_parts = []
-            for matrix, p_part, device in zip(matrices[i], _parts(p), self._devices):
-                with tf.device(device):
-                    basis = tf.linalg.qr(p_part)[0]
-                    bases[i].append(basis)
-                    q_parts.append(tf.matmul(matrix, basis, transpose_a=True))
-            second.append(_like(values[i], q_parts))
-        plain = [i for i in range(len(values)) if i not in compressed]
-        second += [values[i] for i in plain]
-        reduced = self._inner.batch_reduce(tf.distribute.ReduceOp.SUM, [(v, v) for v in second], options)
-        results = [None] * len(values)
-        for (i, (shape, _, qs, errors)), q_sum in zip(compressed.items(), reduced):
-            parts = []
-            for matrix, basis, q_part, q, error, device in zip(
-                    matrices[i], bases[i], _parts(q_sum), qs, errors, self._devices):
-                with tf.device(device):
-                    total = tf.matmul(basis, q_part, transpose_b=True)  # ~ the sum over replicas
-                    error.assign(matrix - total / self._replicas)
-                    q.assign(q_part)  # the next step's warm start
-                    parts.append(tf.reshape(total, shape))
-            results[i] = _reduced(values[i], parts)
+        bases = {i: tf.linalg.qr(p)[0] for i, p in zip(compressed, ps)}
+        plain = [i for i in range(len(pairs)) if i not in compressed]
+        reduced = context.all_reduce(
+            tf.distribute.ReduceOp.SUM,
+            [tf.matmul(matrices[i], bases[i], transpose_a=True) for i in compressed]
+            + [pairs[i][0] for i in plain])
+        results = [None] * len(pairs)
+        for (i, (_, q, error)), q_sum in zip(compressed.items(), reduced):
+            total = tf.matmul(bases[i], q_sum, transpose_b=True)  # ~ the sum over replicas
+            error.assign(matrices[i] - total / replicas)
+            q.assign(q_sum)  # the next step's warm start
+            results[i] = tf.reshape(total, tf.shape(pairs[i][0]))
         for i, value in zip(plain, reduced[len(compressed):]):
             results[i] = value
-        if reduce_op == tf.distribute.ReduceOp.MEAN:
-            results = [_scaled(r, 1 / self._replicas) for r in results]
-        self._count_bytes(values, compressed)
+        self._count_bytes(pairs, compressed)
         return results
 
-    def _match(self, shapes) -> dict | None:
-        """Which prepared state each compressible gradient takes (index ->
-        state), matching shapes in order; None when there is no state."""
-        def compressible(shape):
-            return shape is not None and compressed_shape(tuple(shape), self.options.rank) is not None
+    def _compressible(self, grad) -> bool:
+        return compressed_shape(tuple(grad.shape), self.options.rank) is not None
 
-        if not any(compressible(s) for s in shapes):
-            return None
-        if not self._state:
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    "compression='powersgd' compresses gradients in tfpar.fit_distributed, which "
-                    "prepares its state; this all-reduce (plain Keras in the strategy's scope?) "
-                    "runs uncompressed.", stacklevel=2)
-            return None
-        # Each shape's states, taken in order: the same gradient gets the
-        # same state at every step, whatever order the gradients come in.
-        free = {}
-        for state in self._state:
-            free.setdefault(state[0], []).append(state)
-        match = {}
-        for i, shape in enumerate(shapes):
-            if not compressible(shape):
-                continue
-            states = free.get(tuple(shape))
-            if not states:
-                warnings.warn(
-                    f"PowerSGD holds state for gradients shaped {[s[0] for s in self._state]}, but "
-                    f"this all-reduce brings {[None if s is None else tuple(s) for s in shapes]}: "
-                    "it runs uncompressed.", stacklevel=2)
-                return None
-            match[i] = states.pop(0)
-        return match
+    def _state_of(self, variable):
+        state = self._state.get(id(variable))
+        if state is None:
+            raise ValueError(
+                f"PowerSGD has no state for variable {variable.path!r} ({tuple(variable.shape)}): "
+                "its state is made for the model's trainable weights when fit_distributed "
+                "starts, and this gradient belongs to another variable. Train the variable as "
+                "one of the model's weights, or use compression=None.")
+        return state
 
-    def _count_bytes(self, values, compressed) -> None:
+    def _count_bytes(self, pairs, compressed) -> None:
         rank = self.options.rank
-        sent = raw = 0
-        for i, value in enumerate(values):
-            part = _parts(value)[0]
-            size, width = part.shape.num_elements(), part.dtype.size
-            raw += size * width
-            if i in compressed:
-                n, m = compressed[i][1]
-                sent += rank * (n + m) * width
-            else:
-                sent += size * width
-        self.sent_bytes, self.raw_bytes = sent, raw
-
-
-def _parts(value) -> list:
-    # A worker with one replica hands over plain tensors.
-    return list(value.values) if isinstance(value, tf.distribute.DistributedValues) else [value]
-
-
-def _like(value, parts):
-    """Parts shaped as `value` was: a PerReplica, or one tensor."""
-    return internals.per_replica(parts) if isinstance(value, tf.distribute.DistributedValues) else parts[0]
-
-
-def _reduced(value, parts):
-    """Reduced parts as the inner implementation returns them."""
-    return internals.mirrored(parts) if isinstance(value, tf.distribute.DistributedValues) else parts[0]
-
-
-def _scaled(value, factor):
-    return per_part(lambda part: part * tf.cast(factor, part.dtype), value, internals.mirrored)
+        self.raw_bytes = sum(nbytes(g) for g, _ in pairs)
+        self.sent_bytes = sum(rank * sum(compressed[i][0]) * g.dtype.size if i in compressed else nbytes(g)
+                              for i, (g, _) in enumerate(pairs))

@@ -48,10 +48,12 @@ class Adoption:
     Args:
       model: the caller's model, built outside any strategy scope.
       strategy: the `tf.distribute.Strategy` to train it under.
+      communication: how the twin optimizer sums the replicas' gradients
+        (a `tfpar.comm.all_reduce.GradientSum`); None: as Keras does.
     """
 
-    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy):
-        self.model, self.strategy = model, strategy
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, communication=None):
+        self.model, self.strategy, self.communication = model, strategy, communication
         self.optimizer = getattr(model, "optimizer", None) if getattr(model, "compiled", False) else None
         self._before = None
 
@@ -66,7 +68,7 @@ class Adoption:
                 internals.recreate_variable(variable)
             internals.set_home_strategy(model, self.strategy)
             if self.optimizer is not None:
-                twin = internals.summed_update_optimizer(self.optimizer)
+                twin = internals.summed_update_optimizer(self.optimizer, self.communication)
                 if self.optimizer.built:
                     twin.build(model.trainable_variables)
                     replica.copy_values(self.optimizer.variables, twin.variables, "optimizer state")

@@ -23,7 +23,6 @@ from keras.src.backend.tensorflow.trainer import reduce_per_replica as _reduce_p
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.trainers.data_adapters import array_data_adapter as _array_data_adapter
 from keras.src.trainers.data_adapters import array_slicing as _array_slicing
-from tensorflow.python.distribute import values as tf_values
 
 CHECKED_ON = {"tensorflow": "2.21.0", "keras": "3.15.1"}
 
@@ -37,21 +36,17 @@ __all__ = [
     "communication_options",
     "compile_config",
     "compute_loss",
-    "cross_device_ops",
     "home_strategy",
     "inbound_node_count",
     "is_initialized",
     "is_functional",
     "keras_logits",
     "loss_tracker",
-    "mirrored",
     "output_structure",
-    "per_replica",
     "recreate_variable",
     "set_collective_key_base",
     "set_communication_options",
     "set_home_strategy",
-    "set_cross_device_ops",
     "standardize_inputs",
     "sublayers",
     "summed_update_optimizer",
@@ -261,44 +256,9 @@ def set_communication_options(extended, options) -> None:
     extended._communication_options = options  # pylint: disable=protected-access
 
 
-def cross_device_ops(extended) -> tf.distribute.CrossDeviceOps:
-    """The implementation every reduction of a Mirrored-family strategy goes through."""
-    return extended._cross_device_ops  # pylint: disable=protected-access
-
-
-def set_cross_device_ops(extended, ops: tf.distribute.CrossDeviceOps) -> None:
-    extended._cross_device_ops = ops  # pylint: disable=protected-access
-
-
-def between_graph_workers(ops: tf.distribute.CrossDeviceOps):
-    """How many processes a CrossDeviceOps reduces across (1 on one host).
-    A wrapper must report its inner implementation's: with 1, TensorFlow's
-    `batch_reduce` skips the exchange when a process has one replica."""
-    return ops._num_between_graph_workers  # pylint: disable=protected-access
-
-
-def canonicalize_devices(ops: tf.distribute.CrossDeviceOps) -> bool:
-    return ops._canonicalize_devices  # pylint: disable=protected-access
-
-
-def gather(ops: tf.distribute.CrossDeviceOps, value, destinations, axis, options):
-    """`ops`' all-gather, which strategies call on it directly."""
-    return ops._gather(value, destinations=destinations, axis=axis, options=options)  # pylint: disable=protected-access
-
-
 def reduce_per_replica(value, strategy, reduction: str):
     """Keras' reduction of a step's per-replica outputs (its train function's)."""
     return _reduce_per_replica(value, strategy, reduction=reduction)
-
-
-def per_replica(values: list):
-    """A PerReplica value of one tensor per local replica, as reductions take."""
-    return tf_values.PerReplica(values)
-
-
-def mirrored(values: list):
-    """A Mirrored value (the same tensor on every replica), as reductions return."""
-    return tf_values.Mirrored(values)
 
 
 # --- graphs being traced --------------------------------------------------
@@ -313,9 +273,12 @@ def add_control_inputs(op, ops: list) -> None:
 # --- optimizers: updates from the whole batch's gradient -------------------
 
 
-def summed_update_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+def summed_update_optimizer(optimizer: keras.optimizers.Optimizer,
+                            communication=None) -> keras.optimizers.Optimizer:
     """A fresh optimizer like `optimizer` (same class and configuration, no
-    state) that clips and accumulates the whole batch's gradient.
+    state) that clips and accumulates the whole batch's gradient, summing
+    the replicas' gradients with `communication` (called with the
+    (gradient, variable) pairs in replica context; None: as Keras does).
 
     Keras clips each replica's gradient before `_backend_update_step` sums
     the replicas (keras/src/optimizers/base_optimizer.py
@@ -333,10 +296,12 @@ def summed_update_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.opti
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         config = optimizer.get_config()
         return keras.optimizers.LossScaleOptimizer(
-            summed_update_optimizer(optimizer.inner_optimizer),
+            summed_update_optimizer(optimizer.inner_optimizer, communication),
             initial_scale=config["initial_scale"], dynamic_growth_steps=config["dynamic_growth_steps"],
             name=config["name"])
-    return _summed_class(type(optimizer)).from_config(optimizer.get_config())
+    twin = _summed_class(type(optimizer)).from_config(optimizer.get_config())
+    twin.communication = communication
+    return twin
 
 
 def optimized_variables(optimizer: keras.optimizers.Optimizer) -> list:
@@ -392,6 +357,7 @@ class _SummedUpdates:
 
     norm_keys = None  # global_clipnorm over all variables
     shared_rows = frozenset()  # see rows_added_across_replicas
+    communication = None  # see summed_update_optimizer
 
     def _clip_gradients(self, grads):
         # Deferred: `_backend_update_step` clips once the replicas are summed.
@@ -402,9 +368,12 @@ class _SummedUpdates:
 
     def _summed(self, grads, trainable_variables):
         """The replicas' sum of each gradient, as one device computes it."""
-        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-        summed = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
         context = tf.distribute.get_replica_context()
+        if self.communication is not None and context is not None:
+            summed = self.communication(list(zip(grads, trainable_variables)))
+        else:
+            variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+            summed = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
         replicas = context.num_replicas_in_sync if context is not None else 1
         return [_rows_added(g, local, replicas)
                 if replicas > 1 and isinstance(g, tf.IndexedSlices) and self._var_key(v) in self.shared_rows

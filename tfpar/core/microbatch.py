@@ -150,6 +150,29 @@ def combine_lookup(slices: list, batch) -> tf.IndexedSlices:
     return combine_slices(slices, per_sample=lookups.depends_on_batch(slices[0].indices, list(batch)))
 
 
+def summed_gradient(dense, sparse: list, batch):
+    """One weight's gradient summed over micro-batches, as one device
+    computes it: `dense`, the sum of its dense parts (or None), and
+    `sparse`, its IndexedSlices parts (lookups), kept sparse as one device
+    hands them to the optimizer (Keras applies IndexedSlices row by row:
+    Adam squares each entry, so densifying would change the update where
+    ids repeat) and combined as `combine_lookup` says. A weight with both
+    gets them summed into a dense one, as one tape does; None: no gradient.
+
+    Example:
+        >>> @tf.function  # the kind of lookup is read from the step's graph
+        ... def step(ids):
+        ...     rows = tf.IndexedSlices(tf.ones((1, 2)), ids, tf.constant([3, 2]))
+        ...     return summed_gradient(tf.ones((3, 2)), [rows], batch=[])
+        >>> step(tf.constant([1])).numpy().tolist()
+        [[1.0, 1.0], [2.0, 2.0], [1.0, 1.0]]
+    """
+    if not sparse:
+        return dense
+    combined = combine_lookup(sparse, batch)
+    return combined if dense is None else dense + tf.convert_to_tensor(combined)
+
+
 def unaveraged_losses(model: keras.Model) -> list:
     """The model's compiled losses whose reduction is not an average over
     the batch (`AVERAGED`): weighting parts of a batch by their rows, as

@@ -53,10 +53,7 @@ class GradientSum:
         """Adds one micro-batch's gradient of `variable` (None: nothing)."""
         if grad is None:
             return
-        if isinstance(grad, tf.IndexedSlices):
-            # Kept sparse, as one device hands them to the optimizer: Keras
-            # applies IndexedSlices row by row (Adam squares each entry), so
-            # densifying would change the update where token ids repeat.
+        if isinstance(grad, tf.IndexedSlices):  # kept sparse (microbatch.summed_gradient)
             self.sparse.setdefault(id(variable), []).append(grad)
             return
         buffer = self.buffers[id(variable)]
@@ -68,18 +65,9 @@ class GradientSum:
 
     def result(self, variables) -> list:
         """The step's summed gradient of each weight (None: it got none)."""
-        grads = []
-        for variable in variables:
-            key = id(variable)
-            dense = self.buffers[key].read_value() if key in self.started else None
-            sparse = self.sparse.get(key)
-            if sparse:
-                sparse = microbatch.combine_lookup(sparse, self.batch)
-                # One tape sums a dense and a sparse gradient into a dense one.
-                grads.append(sparse if dense is None else dense + tf.convert_to_tensor(sparse))
-            else:
-                grads.append(dense)
-        return grads
+        return [microbatch.summed_gradient(
+            self.buffers[id(v)].read_value() if id(v) in self.started else None,
+            self.sparse.get(id(v), []), self.batch) for v in variables]
 
 
 def one_device_gradients(model: keras.Model, data_batch) -> list[bool]:

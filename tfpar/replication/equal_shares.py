@@ -33,8 +33,7 @@ def pad_dataset(dataset: tf.data.Dataset, replicas: int, *, scale_real: bool = T
     `padded_size / real_size` for real rows (1 when nothing was padded).
     Elements without targets pass unchanged.
     """
-    spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) < 2 or len(spec) > 3:
+    if not has_targets(dataset):
         return dataset
 
     def pad(*element):
@@ -50,3 +49,10 @@ def pad_dataset(dataset: tf.data.Dataset, replicas: int, *, scale_real: bool = T
         return (*[keras.tree.map_structure(grow, part) for part in parts], marks)
 
     return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def has_targets(dataset: tf.data.Dataset) -> bool:
+    """True for batches `(x, y[, sample_weight])`, which shares mark; a
+    dataset without targets (prediction) is split as tf.distribute does."""
+    spec = dataset.element_spec
+    return isinstance(spec, tuple) and 2 <= len(spec) <= 3

@@ -41,10 +41,16 @@ class SharedInput:
     Attributes:
       microbatches: sequential micro-batches of each replica's share.
       device_speeds: None (equal shares), or one relative speed per replica.
+      compression: None, "fp16", "bf16" or a `PowerSGD`.
+      communication_hook: the gradient sum that `compression` makes
+        (`tfpar.comm`), which tfpar's optimizer twin calls; None: Keras'
+        own all-reduce.
     """
 
     microbatches = 1
     device_speeds = None
+    compression = None
+    communication_hook = None
     _scale_real = None  # None: plain Keras; _PLAIN, True or False: sharing
 
     @contextlib.contextmanager
@@ -83,6 +89,13 @@ class SharedInput:
                 f"{type(self).__name__}(microbatches={self.microbatches}) cuts each "
                 "replica's share into micro-batches only in tfpar.fit_distributed; plain "
                 "model.fit in the strategy's scope runs Keras' own step on whole shares.",
+                stacklevel=3,
+            )
+        if self.compression is not None:
+            warnings.warn(
+                f"{type(self).__name__}(compression={self.compression!r}) compresses the "
+                "gradients in tfpar.fit_distributed, whose optimizer sums them; plain model.fit "
+                "in the strategy's scope runs uncompressed.",
                 stacklevel=3,
             )
         if self.device_speeds is not None:

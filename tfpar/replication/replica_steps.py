@@ -63,7 +63,7 @@ class ReplicaSteps:
             parts = [(keras.tree.pack_sequence_as(x, micro.x[m]), *micro.y[m]) for m in range(k)]
             shares = [micro.share(m, tf.float32) for m in range(k)]
         loss, predictions, previous, first_grads = None, [], [], None
-        grads = [None] * len(variables)
+        dense, sparse = [None] * len(variables), [[] for _ in variables]
         for (part_x, part_y, part_weights), share in zip(parts, shares):
             # One micro-batch's activations at a time: its forward waits for
             # the previous micro-batch's gradients.
@@ -79,15 +79,18 @@ class ReplicaSteps:
             # Whose rows are per sample, read from one micro-batch's own
             # gradients (their combination is a cond over all of them).
             first_grads = first_grads or part_grads
-            grads = [_sum(g, p) for g, p in zip(grads, part_grads)]
+            for i, grad in enumerate(part_grads):
+                if isinstance(grad, tf.IndexedSlices):
+                    sparse[i].append(grad)
+                elif grad is not None:
+                    dense[i] = grad if dense[i] is None else dense[i] + grad
             # The next forward waits for the running sums, so that this
             # micro-batch's gradients are added (and freed) first.
-            previous = [t for g in grads if g is not None
-                        for t in ([p.values for p in g] if isinstance(g, list) else [g])]
+            previous = [g for g in dense if g is not None] + [g.values for rows in sparse for g in rows]
             loss = part_loss if loss is None else loss + part_loss
             predictions.append(y_pred)
         batch = [t for t in keras.tree.flatten(data) if t is not None]
-        grads = [microbatch.combine_lookup(g, batch) if isinstance(g, list) else g for g in grads]
+        grads = [microbatch.summed_gradient(d, rows, batch) for d, rows in zip(dense, sparse)]
         _track_loss(model, loss, marks, x)
         if variables:
             # Last layers first: their gradients exist first in the backward,
@@ -187,22 +190,3 @@ def _shared_lookups(grads, variables, data) -> list:
     batch = [t for t in keras.tree.flatten(data) if t is not None]
     return [v for g, v in zip(grads, variables)
             if isinstance(g, tf.IndexedSlices) and not lookups.depends_on_batch(g.indices, batch)]
-
-
-def _sum(total, grad):
-    """Adds one micro-batch's gradient to the running sum. IndexedSlices
-    (embedding lookups) are collected, to be combined as one device would
-    have computed them (`microbatch.combine_lookup`)."""
-    if grad is None:
-        return total
-    if total is None:
-        return [grad] if isinstance(grad, tf.IndexedSlices) else grad
-    if isinstance(total, list):
-        if isinstance(grad, tf.IndexedSlices):
-            return total + [grad]
-        # One tape sums a dense and a sparse gradient into a dense one
-        # (dense, rows side by side or summed are the same tensor).
-        return tf.add_n([tf.convert_to_tensor(s) for s in total]) + grad
-    if isinstance(grad, tf.IndexedSlices):
-        return total + tf.convert_to_tensor(grad)
-    return total + grad

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from tfpar.core import checks, inputs
-from tfpar.replication import device_speeds as speeds_lib
+from tfpar.replication import device_speeds as speeds_lib, equal_shares
 
 
 def check_speeds(speeds, replicas: int) -> None:
@@ -79,8 +79,7 @@ def split_dataset(dataset: tf.data.Dataset, speeds: Sequence[float], *,
     else 1) and 0 for a padding row. Elements without targets pass as they
     are (they are split equally by the strategy).
     """
-    spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) < 2 or len(spec) > 3:
+    if not equal_shares.has_targets(dataset):
         return dataset
     replicas = len(speeds)
     cumulative = tf.constant([sum(speeds[:r]) / float(sum(speeds)) for r in range(replicas + 1)], tf.float64)

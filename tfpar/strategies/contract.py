@@ -17,8 +17,6 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
-from tfpar.comm import compression as compression_lib
-from tfpar.comm.powersgd import PowerSGD
 from tfpar.core import in_place, inputs
 from tfpar.replication import input_shares, replica_steps, speed_shares
 from tfpar.replication.replica_model import replicated
@@ -139,6 +137,7 @@ class _Distribute:
         self.shaped = own
         self.microbatches = strategy.microbatches if own else 1
         self.compression = strategy.compression if own else None
+        self.communication = strategy.communication_hook if own else None
 
     @property
     def is_chief(self) -> bool:
@@ -160,7 +159,7 @@ class _Distribute:
         check_share_divisible(inputs.global_batch(x, fit_kwargs), replicas, self.microbatches)
 
     def recreate(self, model: keras.Model) -> keras.Model:
-        self._adoption = in_place.Adoption(model, self.strategy)
+        self._adoption = in_place.Adoption(model, self.strategy, self.communication)
         return self._adoption.adopt()
 
     def write_back(self, trained: keras.Model, model: keras.Model) -> None:
@@ -172,8 +171,15 @@ class _Distribute:
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         replica_steps.check_own_train_step(model, self.microbatches)
         self._prepare_speeds(model, x, fit_kwargs)
-        if isinstance(self.compression, PowerSGD):
-            compression_lib.prepare(self.strategy, model)  # its state, outside the scope
+        if self.communication is not None:
+            if self._adoption is None:
+                warnings.warn(
+                    f"compression={self.compression!r} compresses the gradients that tfpar's "
+                    f"optimizer sums, but model {model.name!r} was built in the strategy's scope "
+                    "and trains with its own optimizer, which all-reduces them uncompressed. Build "
+                    "the model outside the scope (fit_distributed moves it in).", stacklevel=3)
+            with self.strategy.scope():
+                self.communication.prepare(model.trainable_weights)  # fresh state each fit
         with self.strategy.scope(), replicated(model, self.strategy, (x, y, fit_kwargs),
                                                microbatches=self.microbatches) as (x, y, fit_kwargs):
             return model.fit(x, y, **fit_kwargs)

@@ -49,9 +49,11 @@ class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
         dtype for the all-reduce and back afterwards, halving the bytes
         exchanged at the cost of that dtype's rounding. "powersgd" (rank 2)
         or `PowerSGD(rank=r)`: weight matrices' gradients travel as rank-r
-        factors with error feedback (`tfpar.comm.powersgd`; prepared
-        by `fit_distributed`), other tensors as they are. Not applied inside
-        XLA-compiled steps, where TensorFlow always uses its own collectives.
+        factors with error feedback (`tfpar.comm.powersgd`), other tensors
+        as they are. Both act in `fit_distributed`, where tfpar's optimizer
+        sums the gradients with their variables (`communication_hook`);
+        other all-reduces (metrics, plain Keras in the scope) travel as
+        they are.
       bytes_per_pack: collectives are packed into chunks of about this many
         bytes; 0 packs everything into one (TensorFlow's default).
       microbatches: k: in `fit_distributed`, each replica runs its share of
@@ -114,7 +116,7 @@ class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
         self.device_speeds = (device_speeds if device_speeds in (None, "measure")
                               else [float(s) for s in device_speeds])
         _configure_collectives(self.extended, all_reduce, bytes_per_pack)
-        compression_lib.install(self)
+        self.communication_hook = compression_lib.communication_hook(self.compression)
 
     def __repr__(self) -> str:
         return (

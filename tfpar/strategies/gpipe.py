@@ -8,8 +8,6 @@ training is the same as on one device (Huang et al., GPipe, 2019).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from tfpar.strategies.pipeline_strategy import PipelineStrategy
 
 
@@ -55,22 +53,6 @@ class GPipe(PipelineStrategy):
         >>> history = tfpar.fit_distributed(model, x, y, batch_size=256, strategy=strategy,
         ...                                 verbose=0)
     """
-
-    def __init__(
-        self,
-        devices: int | Sequence[str] | None = None,
-        *,
-        microbatches: int = 4,
-        balance: str | Sequence[int] = "flops",
-        schedule: str = "gpipe",
-        rematerialize: bool = False,
-        device_speeds: Sequence[float] | None = None,
-        record_timeline: bool = False,
-        data_parallel: int | str = 1,
-    ):
-        super().__init__(devices, microbatches=microbatches, balance=balance, schedule=schedule,
-                         rematerialize=rematerialize, device_speeds=device_speeds,
-                         record_timeline=record_timeline, data_parallel=data_parallel)
 
     def __repr__(self) -> str:
         return (

@@ -117,7 +117,7 @@ class MultiWorker(input_shares.SharedInput, tf.distribute.MultiWorkerMirroredStr
                 "`python -m tfpar.launch`, which makes it when tfpar is imported."
             ) from error
         _CURRENT.append(self)
-        compression_lib.install(self)
+        self.communication_hook = compression_lib.communication_hook(self.compression)
 
     def reduce(self, reduce_op, value, axis):
         # Keras 3 averages each step's scalar metrics with axis=0 under this

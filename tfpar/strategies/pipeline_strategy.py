@@ -26,9 +26,10 @@ from tfpar.strategies.multi_worker import MultiWorker
 class PipelineStrategy:
     """What `ModelSplit` and `GPipe` share: a model's layers in contiguous
     stages on devices, trained by a pipeline of micro-batches (one, for
-    ModelSplit), optionally in data-parallel replicas. Its arguments are
-    GPipe's (see there); `fit_distributed` meets it through the runner
-    contract (`tfpar.strategies.contract`).
+    ModelSplit), optionally in data-parallel replicas. Its arguments, and
+    their defaults, are GPipe's (see there); ModelSplit fixes one
+    micro-batch. `fit_distributed` meets it through the runner contract
+    (`tfpar.strategies.contract`).
     """
 
     # Gradients cross replicas as they are (a DataParallel option only).
@@ -38,7 +39,7 @@ class PipelineStrategy:
         self,
         devices: int | Sequence[str] | None = None,
         *,
-        microbatches: int = 1,
+        microbatches: int = 4,
         balance: str | Sequence[int] = "flops",
         schedule: str = "gpipe",
         rematerialize: bool = False,
