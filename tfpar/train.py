@@ -14,6 +14,7 @@ held-out accuracy.
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 from absl import app, flags
@@ -206,7 +207,7 @@ def _strategy(tfpar):
                 FLAGS.devices, microbatches=FLAGS.microbatches or 1,
                 compression=None if FLAGS.compression == "none" else FLAGS.compression)
         except ValueError as error:
-            raise app.UsageError(f"--devices: {error}") from error
+            raise app.UsageError(f"--devices: {error}{_VIRTUAL_HINT}") from error
     return None  # PIPELINES and auto: made once the model is known
 
 
@@ -323,9 +324,22 @@ def _shape_of(x) -> str:
     return str(tuple(x.shape[1:]))
 
 
+# The binary's own way to more devices than the machine has.
+_VIRTUAL_HINT = " With this binary: --virtual_devices=N splits each CPU into N logical devices."
+
+
+def _main_with_clear_errors(argv: list[str]) -> None:
+    # absl prints a bad flag combination found in main under the whole
+    # flag list; the error alone, with where the flags are, reads better.
+    try:
+        main(argv)
+    except app.UsageError as error:
+        sys.exit(f"FATAL: {error}\nThe flags: python -m tfpar.train --helpshort")
+
+
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(_main_with_clear_errors)
 
 
 if __name__ == "__main__":

@@ -268,3 +268,16 @@ def test_node_counts_forget_calls_and_refresh_variable_keys():
     optimizer.apply_gradients([(np.ones(v.shape, "float32"), v) for v in layer.trainable_variables])
     holds(int(optimizer.iterations.numpy()) == 1,
           "refresh_variable_keys (_trainable_variables_indices, _var_key)")
+
+
+def test_serialized_as():
+    @keras.saving.register_keras_serializable(package="tfpar_internals")
+    class Mine(keras.layers.Layer):
+        pass
+
+    made = type(Mine.__name__, (Mine,), {"__module__": Mine.__module__})
+    with internals.serialized_as(made, Mine):
+        holds(keras.saving.get_registered_name(made) == "tfpar_internals>Mine",
+              "serialized_as: Keras reads registered names by class object")
+    holds(keras.saving.get_registered_name(made) == "Mine", "serialized_as forgets the subclass")
+    holds(keras.saving.get_registered_name(Mine) == "tfpar_internals>Mine", "the class keeps its name")

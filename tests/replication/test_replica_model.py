@@ -69,6 +69,39 @@ def test_a_model_saved_during_fit_names_the_callers_class(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+@keras.saving.register_keras_serializable(package="tfpar_test")
+class Registered(keras.Model):
+    """A keras.io-style subclassed model, registered for saving."""
+
+    def __init__(self, units=4, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = keras.layers.Dense(units, activation="relu")
+        self.out = keras.layers.Dense(4)
+
+    def call(self, inputs):
+        return self.out(self.hidden(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_a_registered_class_saved_during_fit_loads_as_itself(tmp_path):
+    x, y = make_data(64)
+    keras.utils.set_random_seed(0)
+    model = compile_model(Registered())
+    model(x[:1])
+    path = tmp_path / "during.keras"
+    tfpar.fit_distributed(model, x, y, batch_size=32, epochs=1, verbose=0,
+                          strategy=tfpar.strategies.DataParallel(2, microbatches=2),
+                          callbacks=[keras.callbacks.ModelCheckpoint(str(path))])
+    restored = keras.models.load_model(path)
+    assert type(restored) is Registered
+    assert keras.saving.get_registered_name(Registered) == "tfpar_test>Registered"
+    np.testing.assert_allclose(restored.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_with_its_own_train_step_keeps_it():
     class Own(keras.Model):
         def train_step(self, data):

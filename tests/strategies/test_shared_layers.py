@@ -215,3 +215,31 @@ def test_a_weight_read_behind_its_layers_back_is_refused_not_dropped():
     step._check_weights_known(second, tape, second.model.trainable_variables, model.trainable_variables)
     with pytest.raises(ValueError, match=r"must belong to one of its layers.*stage 1 .*\['tied/table'\]"):
         step._check_weights_known(second, tape, own, model.trainable_variables)
+
+
+def test_a_checkpoint_written_during_a_pipelined_fit_loads_as_the_callers_task(tmp_path):
+    # ModelCheckpoint saves `self.model`, the pipeline: it writes the
+    # caller's GPT2CausalLM holding the pipeline's state (its twin is a
+    # functional copy, which does not load as the task), and leaves the
+    # caller's model as it was until training ends.
+    path = tmp_path / "during.keras"
+    model = gpt2_causal_lm()
+    tfpar.fit_distributed(model, *next_tokens(), strategy=GPipe(2, microbatches=2),
+                          callbacks=[keras.callbacks.ModelCheckpoint(str(path))], **FIT)
+    restored = keras.models.load_model(path)
+    assert type(restored) is type(model)
+    assert_same_weights(weights_of(restored), weights_of(model), rtol=0, atol=0)
+
+    class Fails(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):  # after the checkpoint of epoch 0
+            raise RuntimeError("stop")
+
+    model = gpt2_causal_lm()
+    before = weights_of(model)
+    with pytest.raises(RuntimeError, match="stop"):
+        tfpar.fit_distributed(model, *next_tokens(), strategy=GPipe(2, microbatches=2),
+                              callbacks=[keras.callbacks.ModelCheckpoint(str(path)), Fails()], **FIT)
+    assert_same_weights(weights_of(model), before, rtol=0, atol=0)
+    assert int(model.optimizer.iterations) == 0
+    moved = keras.models.load_model(path)
+    assert max(np.abs(a - b).max() for a, b in zip(weights_of(moved), before)) > 1e-4

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from keras.src.backend.tensorflow.trainer import reduce_per_replica as _reduce_per_replica
 from keras.src.losses.loss import unscale_loss_for_distribution
+from keras.src.saving import object_registration as _object_registration
 from keras.src.trainers.data_adapters import array_data_adapter as _array_data_adapter
 from keras.src.trainers.data_adapters import array_slicing as _array_slicing
 
@@ -46,6 +47,7 @@ __all__ = [
     "recreate_variable",
     "set_collective_key_base",
     "set_communication_options",
+    "serialized_as",
     "set_home_strategy",
     "standardize_inputs",
     "sublayers",
@@ -89,6 +91,23 @@ def compile_config(model: keras.Model) -> dict:
 def home_strategy(model: keras.Model):
     """The tf.distribute strategy whose scope built `model`, or None."""
     return getattr(model, "_distribute_strategy", None)
+
+
+@contextlib.contextmanager
+def serialized_as(cls: type, own: type):
+    """For the duration, Keras saves instances of `cls` (a subclass made of
+    `own`, of the same name and module) under `own`'s registered name
+    (`keras.saving.register_keras_serializable`), so that what is saved
+    loads as `own`. Keras reads that name by class object."""
+    names = _object_registration.GLOBAL_CUSTOM_NAMES
+    if cls is own or own not in names:
+        yield
+        return
+    names[cls] = names[own]
+    try:
+        yield
+    finally:
+        names.pop(cls, None)
 
 
 def set_home_strategy(model: keras.Model, strategy) -> None:

@@ -111,6 +111,27 @@ def write_back(trained: keras.Model, model: keras.Model) -> None:
         _copy_optimizer_state(trained.optimizer, model.optimizer, _copies(trained))
 
 
+@contextlib.contextmanager
+def written_to(model: keras.Model, trained: keras.Model):
+    """For the duration, the caller's `model` holds `trained`'s weights and
+    optimizer state (`write_back`), so that it can be saved in its own
+    architecture mid-training; afterwards it holds what it held before.
+    Variables the two share (layers a pipeline trains itself) keep their
+    training values."""
+    optimizer = model.optimizer
+    if trained.optimizer.built and not optimizer.built:
+        optimizer.build(model.trainable_variables)  # as unbuilt: its initial state
+    shared = {id(v) for v in getattr(trained, "primary", trained).weights}
+    before = [(v, np.array(v.numpy())) for v in [*model.weights, *optimizer.variables]
+              if id(v) not in shared]
+    write_back(trained, model)
+    try:
+        yield model
+    finally:
+        for variable, value in before:
+            variable.assign(value)
+
+
 def _copies(trained: keras.Model) -> int:
     """How many replicas of the caller's model `trained` trains."""
     return 1 + len(getattr(trained, "replicas", [])) if hasattr(trained, "primary") else 1

@@ -28,10 +28,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
-from tfpar.core import internals
+from tfpar.core import internals, replica
 from tfpar.core.microbatch import MicroBatches
 from tfpar.pipeline import gradients as gradients_lib, replicas as replicas_lib, schedule as schedule_lib
 from tfpar.pipeline import stage_calls, timeline as timeline_lib
@@ -125,7 +127,7 @@ class PipelineModel(keras.Model):
     def __init__(self, twin: keras.Model, graph: Graph, *, microbatches: int = 1,
                  schedule: str = "gpipe", rematerialize: bool = False,
                  record_timeline: bool = False, replicas=(), workers: int | None = None,
-                 timeout_seconds: float | None = None):
+                 timeout_seconds: float | None = None, caller: keras.Model | None = None):
         super().__init__(name=twin.name)
         self.twin = twin
         # Tracked, so that their weights train and their optimizer state is
@@ -134,6 +136,8 @@ class PipelineModel(keras.Model):
         self._plan = _Plan([graph] + [g for _, g in replicas], [twin] + self.replicas,
                            microbatches, schedule, rematerialize, record_timeline, workers,
                            timeout_seconds)
+        # Out of Keras' tracking (its weights are the caller's, not this model's).
+        self._plan.caller = caller
         self.output_names = getattr(graph.view, "output_names", None)
         self.built = True
 
@@ -210,11 +214,20 @@ class PipelineModel(keras.Model):
 
     def save(self, filepath, *args, **kwargs):
         """Saves the model in the caller's architecture (what callbacks such
-        as ModelCheckpoint write): the twin, whose weights these are."""
-        return self.twin.save(filepath, *args, **kwargs)
+        as ModelCheckpoint write): the caller's model, holding this
+        pipeline's weights and optimizer state while it is written (a
+        keras_hub task's twin is a functional copy that does not load as
+        the task); the twin without a caller."""
+        with self._in_callers_model() as model:
+            return model.save(filepath, *args, **kwargs)
 
     def save_weights(self, filepath, *args, **kwargs):
-        return self.twin.save_weights(filepath, *args, **kwargs)
+        with self._in_callers_model() as model:
+            return model.save_weights(filepath, *args, **kwargs)
+
+    def _in_callers_model(self):
+        caller = self._plan.caller
+        return contextlib.nullcontext(self.twin) if caller is None else replica.written_to(caller, self)
 
     def call(self, inputs, training=False):
         """The model's outputs, the batch pipelined: cut into M micro-batches

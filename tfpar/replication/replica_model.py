@@ -14,8 +14,9 @@ overrides only what tfpar changes:
   workers or with `steps_per_execution > 1` (`train_function`);
 - the first-batch build: from one replica's share of the first batch.
 
-It keeps the class's name and module, so what a callback saves during fit
-names the caller's class. Pipelines do the same with a Model subclass of
+It keeps the class's name and module, and its registered name if the
+caller registered the class (`internals.serialized_as`), so what a callback
+saves during fit loads as the caller's class. Pipelines do the same with a Model subclass of
 their own (`tfpar.pipeline.engine.PipelineModel`).
 
 Example:
@@ -84,13 +85,15 @@ def replicated(model: keras.Model, strategy: tf.distribute.Strategy, fit=None, *
             streamed = epoch_stream.fit_arguments(*fit) if multi_worker else None
             x, y, fit_kwargs = streamed or fit
             fit = x, y, epoch.added_to(fit_kwargs, exact=streamed is not None)
-    own = type(model)
+    own = made = type(model)
     if methods:
         methods.update(__module__=own.__module__, __qualname__=own.__qualname__,
                        _replication=_Replication(strategy, steps, marked, epoch))
-        model.__class__ = type(own.__name__, (own,), methods)
+        made = type(own.__name__, (own,), methods)
+        model.__class__ = made
     try:
-        with input_shares.sharing(strategy, scale_real=scale_real if marked else None):
+        with internals.serialized_as(made, own), \
+                input_shares.sharing(strategy, scale_real=scale_real if marked else None):
             yield fit
     finally:
         model.__class__ = own

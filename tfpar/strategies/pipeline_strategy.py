@@ -148,7 +148,8 @@ class PipelineStrategy:
                 record_timeline=self.record_timeline,
                 replicas=[(t, stages(t, g)) for t, g in zip(others, self.groups[1:])],
                 workers=self.replicas if self.multi_worker else None,
-                timeout_seconds=self.multi_worker.timeout_seconds if self.multi_worker else None)
+                timeout_seconds=self.multi_worker.timeout_seconds if self.multi_worker else None,
+                caller=model)
 
         try:
             return replica.recreate(model, contextlib.nullcontext(), wrap=pipeline,
