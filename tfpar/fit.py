@@ -90,6 +90,12 @@ def fit_distributed(
         strategy = _planned(model, x, fit_kwargs)
     strategy = strategy_for(model, strategy)
     runner = contract.for_strategy(strategy)
+    if checkpoint_dir and runner.shard is not None:
+        raise ValueError(
+            f"checkpoint_dir with shard={runner.shard!r}: tfpar's checkpoints hold the whole "
+            "optimizer state, which sharded training keeps in the replicas' shares, and do not "
+            "gather it yet. Use shard=None with checkpoint_dir, or save the model after training "
+            "(it holds the full state then).")
     if checkpoint_dir and isinstance(runner.compression, PowerSGD):
         # Its error feedback and warm start live in the all-reduce, not in
         # the model or optimizer the checkpoint holds.

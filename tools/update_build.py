@@ -34,7 +34,7 @@ BINARIES = {"train": "tfpar/train.py", "bench_main": "tfpar/bench/__main__.py",
 LIBRARIES = [
     ("core", ["tfpar/core/"], []),
     ("comm", ["tfpar/comm/"], ["core"]),
-    ("replication", ["tfpar/replication/"], ["core"]),
+    ("replication", ["tfpar/replication/"], ["core", "comm"]),
     ("pipeline", ["tfpar/pipeline/"], ["core"]),
     ("cluster", ["tfpar/cluster/"], ["core"]),
     ("strategies", ["tfpar/strategies/"], ["core", "comm", "replication", "pipeline", "cluster"]),

@@ -30,6 +30,7 @@ from conftest import weights_of
 STRATEGIES = {
     "DataParallel(2)": lambda: DataParallel(2),
     "DataParallel(2, microbatches=2)": lambda: DataParallel(2, microbatches=2),
+    "DataParallel(2, shard=optimizer)": lambda: DataParallel(2, shard="optimizer"),
     "ModelSplit(2)": lambda: ModelSplit(2),
     "GPipe(2, M=2, gpipe)": lambda: GPipe(2, microbatches=2),
     "GPipe(2, M=4, 1f1b, remat)": lambda: GPipe(2, microbatches=4, schedule="1f1b", rematerialize=True),

@@ -50,10 +50,15 @@ class Adoption:
       strategy: the `tf.distribute.Strategy` to train it under.
       communication: how the twin optimizer sums the replicas' gradients
         (a `tfpar.comm.all_reduce.GradientSum`); None: as Keras does.
+      shards: None, or a callable making the replicas' shares of the
+        optimizer state from (the caller's optimizer, the weights), outside
+        the scope (`tfpar.replication.optimizer_shards`, ZeRO-1).
     """
 
-    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, communication=None):
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, communication=None,
+                 shards=None):
         self.model, self.strategy, self.communication = model, strategy, communication
+        self.make_shards = shards
         self.optimizer = getattr(model, "optimizer", None) if getattr(model, "compiled", False) else None
         self._before = None
 
@@ -69,10 +74,17 @@ class Adoption:
             internals.set_home_strategy(model, self.strategy)
             if self.optimizer is not None:
                 twin = internals.summed_update_optimizer(self.optimizer, self.communication)
-                if self.optimizer.built:
-                    twin.build(model.trainable_variables)
-                    replica.copy_values(self.optimizer.variables, twin.variables, "optimizer state")
                 model.optimizer = twin
+        if self.optimizer is not None:
+            inner = _inner(twin)
+            if self.make_shards is not None:
+                inner.shards = self.make_shards(_inner(self.optimizer), model.trainable_variables)
+            if self.optimizer.built:
+                with self.strategy.scope():
+                    twin.build(model.trainable_variables)
+                replica.copy_values(*_own_state(self.optimizer, twin), "optimizer state")
+                if inner.shards is not None:
+                    inner.shards.load(_inner(self.optimizer))
         forget_functions(model)
         return model
 
@@ -91,12 +103,33 @@ class Adoption:
             if trained and twin.built:
                 if not self.optimizer.built:
                     self.optimizer.build(model.trainable_variables)
-                replica.copy_values(twin.variables, self.optimizer.variables, "optimizer state")
+                replica.copy_values(*reversed(_own_state(self.optimizer, twin)), "optimizer state")
+                shards = _inner(twin).shards
+                if shards is not None:
+                    shards.store(_inner(self.optimizer))
         internals.refresh_variable_keys(self.optimizer)
         if not trained:
             for variable, value in self._before:
                 variable.assign(value)
         forget_functions(model)
+
+
+def _inner(optimizer):
+    """The optimizer a LossScaleOptimizer wraps, or the optimizer."""
+    return optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+
+
+def _own_state(optimizer, twin) -> tuple[list, list]:
+    """The caller's optimizer variables and the twin's that pair with them:
+    all of them, or, when the twin's slots are in shards, those the twin
+    holds itself (the step count, the learning rate, accumulators)."""
+    if _inner(twin).shards is None:
+        return list(optimizer.variables), list(twin.variables)
+    # Paired by name within the optimizer (the same weights name the same slots).
+    names = {v.path.split("/", 1)[-1]: v for v in twin.variables}
+    pairs = [(v, names[v.path.split("/", 1)[-1]]) for v in optimizer.variables
+             if v.path.split("/", 1)[-1] in names]
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 class OwnLayers:

@@ -377,6 +377,15 @@ class _SummedUpdates:
     norm_keys = None  # global_clipnorm over all variables
     shared_rows = frozenset()  # see rows_added_across_replicas
     communication = None  # see summed_update_optimizer
+    # ZeRO-1 (tfpar.replication.optimizer_shards): the weights' slots and
+    # updates live in the replicas' shares; this optimizer keeps its own
+    # variables (step count, learning rate, accumulators) and clips.
+    shards = None
+
+    def build(self, variables):
+        if self.shards is None:
+            return super().build(variables)
+        return keras.optimizers.Optimizer.build(self, variables)  # no slots: the shards hold them
 
     def _clip_gradients(self, grads):
         # Deferred: `_backend_update_step` clips once the replicas are summed.
@@ -400,6 +409,8 @@ class _SummedUpdates:
 
     def _update_summed(self, grads, trainable_variables, learning_rate):
         grads = self._clip_summed(grads, trainable_variables)
+        if self.shards is not None:
+            return self.shards.update(grads, trainable_variables, learning_rate, self.iterations)
         variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_tf_update_step, self._distribution_strategy,

@@ -323,7 +323,7 @@ def _copy_optimizer_state(source, target, copies: int = 1) -> None:
     With `copies` > 1 the optimizer with more variables is one over `copies`
     identical replicas' weights (a pipeline trained data parallel), the other
     over one model's. Which of its variables is which weight's slot is
-    read from the optimizer itself: `_slot_keys` builds a probe of the
+    read from the optimizer itself: `slot_keys` builds a probe of the
     same class and configuration over stand-ins named after their position
     and reads each slot's owner from its name. Each replica's slot gets the
     single one's value; the single one gets replica 0's.
@@ -334,8 +334,8 @@ def _copy_optimizer_state(source, target, copies: int = 1) -> None:
         return
     many, one = (source, target) if len(sources) > len(targets) else (target, source)
     weights = len(internals.optimized_variables(one))
-    many_keys = _slot_keys(many, internals.optimized_variables(many), weights)
-    one_keys = _slot_keys(one, internals.optimized_variables(one), weights)
+    many_keys = slot_keys(many, internals.optimized_variables(many), weights)
+    one_keys = slot_keys(one, internals.optimized_variables(one), weights)
     position = {key: index for index, key in enumerate(one_keys)}
     if set(many_keys) != set(one_keys) or len(one_keys) != len(position):
         raise ValueError(f"Cannot copy optimizer state between {len(sources)} and {len(targets)} "
@@ -350,7 +350,7 @@ def _copy_optimizer_state(source, target, copies: int = 1) -> None:
     copy_values([single for _, single in pairs], [variable for variable, _ in pairs], "optimizer state")
 
 
-def _slot_keys(optimizer, variables, weights: int) -> list:
+def slot_keys(optimizer, variables, weights: int) -> list:
     """For each of `optimizer`'s variables, in order: (index of its weight
     within one model's `weights` weights, the slot's name), or its own name
     for the optimizer's own variables (iterations, learning rate)."""

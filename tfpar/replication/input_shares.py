@@ -45,12 +45,15 @@ class SharedInput:
       communication_hook: the gradient sum that `compression` makes
         (`tfpar.comm`), which tfpar's optimizer twin calls; None: Keras'
         own all-reduce.
+      shard: None, or "optimizer": each replica holds its share of the
+        optimizer state (`optimizer_shards`).
     """
 
     microbatches = 1
     device_speeds = None
     compression = None
     communication_hook = None
+    shard = None
     _scale_real = None  # None: plain Keras; _PLAIN, True or False: sharing
 
     @contextlib.contextmanager
@@ -96,6 +99,13 @@ class SharedInput:
                 f"{type(self).__name__}(compression={self.compression!r}) compresses the "
                 "gradients in tfpar.fit_distributed, whose optimizer sums them; plain model.fit "
                 "in the strategy's scope runs uncompressed.",
+                stacklevel=3,
+            )
+        if self.shard is not None:
+            warnings.warn(
+                f"{type(self).__name__}(shard={self.shard!r}) shares the optimizer state in "
+                "tfpar.fit_distributed, whose optimizer updates the shares; plain model.fit in the "
+                "strategy's scope keeps every replica's full state.",
                 stacklevel=3,
             )
         if self.device_speeds is not None:

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from tfpar.core import in_place, inputs
-from tfpar.replication import input_shares, replica_steps, speed_shares
+from tfpar.replication import input_shares, optimizer_shards, replica_steps, speed_shares
 from tfpar.replication.replica_model import replicated
 
 
@@ -32,11 +32,14 @@ class Runner(Protocol):
       is_chief: True on the process that writes checkpoints, logs and
         saved models (every process but one is a worker's, under a
         multi-worker job).
+      shard: None, or what each replica holds only its share of
+        ("optimizer": the optimizer state).
     """
 
     microbatches: int
     compression: object
     is_chief: bool
+    shard: str | None
 
     def check_fit(self, x, fit_kwargs: dict) -> None: ...
 
@@ -138,6 +141,7 @@ class _Distribute:
         self.microbatches = strategy.microbatches if own else 1
         self.compression = strategy.compression if own else None
         self.communication = strategy.communication_hook if own else None
+        self.shard = strategy.shard if own else None
 
     @property
     def is_chief(self) -> bool:
@@ -159,7 +163,11 @@ class _Distribute:
         check_share_divisible(inputs.global_batch(x, fit_kwargs), replicas, self.microbatches)
 
     def recreate(self, model: keras.Model) -> keras.Model:
-        self._adoption = in_place.Adoption(model, self.strategy, self.communication)
+        shards = None
+        if self.shard == "optimizer":
+            shards = lambda optimizer, variables: optimizer_shards.OptimizerShards(  # noqa: E731
+                optimizer, variables, self.strategy)
+        self._adoption = in_place.Adoption(model, self.strategy, self.communication, shards)
         return self._adoption.adopt()
 
     def write_back(self, trained: keras.Model, model: keras.Model) -> None:
@@ -171,6 +179,11 @@ class _Distribute:
     def fit(self, model: keras.Model, x, y, fit_kwargs: dict) -> keras.callbacks.History:
         replica_steps.check_own_train_step(model, self.microbatches)
         self._prepare_speeds(model, x, fit_kwargs)
+        if self.shard is not None and self._adoption is None:
+            raise ValueError(
+                f"shard={self.shard!r} shares the optimizer state through tfpar's optimizer, but "
+                f"model {model.name!r} was built in the strategy's scope and trains with its own. "
+                "Build the model outside the scope (fit_distributed moves it in).")
         if self.communication is not None:
             if self._adoption is None:
                 warnings.warn(

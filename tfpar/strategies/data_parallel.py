@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tfpar.comm import compression as compression_lib
 from tfpar.core import checks, devices as devices_lib, internals
-from tfpar.replication import input_shares, speed_shares
+from tfpar.replication import input_shares, optimizer_shards, speed_shares
 
 _Implementation = tf.distribute.experimental.CommunicationImplementation
 ALL_REDUCE = ("auto", "ring", "nccl", "reduce_to_one")
@@ -71,6 +71,12 @@ class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
         training stays the one-device training (`speed_shares`). "measure"
         times the model's forward and backward on each device when
         training starts (`device_speeds`). Not with microbatches > 1.
+      shard: None (every replica holds the whole optimizer state) or
+        "optimizer" (ZeRO-1): in `fit_distributed`, each replica holds the
+        optimizer state (Adam's moments, any slot) of its share of the
+        weights, balanced by bytes, and updates only those; one all-gather
+        per step brings the updated weights to every replica. Training is
+        unchanged (`tfpar.replication.optimizer_shards`). Not with PowerSGD.
 
     Example:
         >>> devices = tfpar.configure_devices(cpu=2)
@@ -88,8 +94,10 @@ class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
         bytes_per_pack: int = 0,
         microbatches: int = 1,
         device_speeds: Sequence[float] | str | None = None,
+        shard: str | None = None,
     ):
         compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
+        optimizer_shards.check_shard(shard, compression_lib.resolve(compression))
         checks.whole_number("microbatches", microbatches, minimum=1)
         names = devices_lib.resolve(devices)
         speed_shares.check_speeds(device_speeds, len(names))
@@ -115,6 +123,7 @@ class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
         self.microbatches = microbatches
         self.device_speeds = (device_speeds if device_speeds in (None, "measure")
                               else [float(s) for s in device_speeds])
+        self.shard = shard
         _configure_collectives(self.extended, all_reduce, bytes_per_pack)
         self.communication_hook = compression_lib.communication_hook(self.compression)
 
@@ -123,7 +132,8 @@ class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
             f"DataParallel(devices={list(self.extended.worker_devices)}, "
             f"all_reduce={self.all_reduce!r}, compression={self.compression!r}, "
             f"bytes_per_pack={self.bytes_per_pack}, microbatches={self.microbatches}"
-            + (f", device_speeds={self.device_speeds!r})" if self.device_speeds is not None else ")")
+            + (f", device_speeds={self.device_speeds!r}" if self.device_speeds is not None else "")
+            + (f", shard={self.shard!r})" if self.shard is not None else ")")
         )
 
 

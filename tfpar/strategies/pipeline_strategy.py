@@ -32,8 +32,10 @@ class PipelineStrategy:
     (`tfpar.strategies.contract`).
     """
 
-    # Gradients cross replicas as they are (a DataParallel option only).
+    # Gradients cross replicas as they are, and every replica holds its
+    # stages' whole optimizer state (DataParallel options only).
     compression = None
+    shard = None
 
     def __init__(
         self,
