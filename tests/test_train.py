@@ -68,6 +68,8 @@ def test_powersgd_stays_within_a_point_of_uncompressed(capsys):
      "divisible by 2 replica\\(s\\) x 3 micro-batch\\(es\\) = 6. Received: 64"),
     (["--data_parallel=2"], "--data_parallel applies to --strategy=split or gpipe"),
     (["--strategy=gpipe", "--compression=powersgd"], "--compression applies to --strategy=mirrored"),
+    (["--strategy=gpipe", "--shard=optimizer"], "--shard applies to --strategy=mirrored.*--strategy=gpipe"),
+    (["--shard=optimizer", "--compression=powersgd"], "--shard=optimizer with --compression=powersgd"),
     (["--strategy=split", "--microbatches=8"], "--microbatches applies to --strategy=gpipe.*Received: --microbatches=8"),
     (["--strategy=split", "--schedule=zb1"], "--schedule applies to --strategy=gpipe"),
     (["--strategy=gpipe", "--devices=3", "--data_parallel=2"], "--data_parallel: data_parallel=2 .* Received 3 devices"),
@@ -80,6 +82,12 @@ def test_bad_flags_are_rejected_before_training(argv, message):
     # rest (devices, data, model) once they are known.
     with pytest.raises((app.UsageError, flags.IllegalFlagValueError), match=message):
         run(argv)
+
+
+def test_shard_flag_trains_with_the_optimizer_state_in_shares(capsys):
+    run(["--devices=2", "--epochs=2", "--shard=optimizer", "--save="])
+    out = capsys.readouterr().out
+    assert "shard='optimizer'" in out and held_out_accuracy(out) > 0.5  # 0.1 is chance
 
 
 def test_gpipe_flags_train_and_print_the_placement(capsys):

@@ -43,6 +43,9 @@ flags.DEFINE_integer("data_parallel", 1,
 flags.DEFINE_enum("compression", "none", ["none", "fp16", "bf16", "powersgd"],
                   "How data-parallel gradients travel (mirrored; for multi_worker give it to "
                   "tfpar.launch): cast to fp16/bf16, or PowerSGD rank-2 factors.")
+flags.DEFINE_enum("shard", "none", ["none", "optimizer"],
+                  "mirrored: optimizer = each replica holds the optimizer state of its share of "
+                  "the weights (ZeRO-1).")
 flags.DEFINE_string("balance", "auto",
                     "Layers per stage (split, gpipe): params, flops, time, a list such as 5,3, or "
                     "auto (the encoder/decoder split for the transformer on 2 devices, else params).")
@@ -95,21 +98,29 @@ def _multi_worker_devices(values) -> bool:
     return True
 
 
+@flags.multi_flags_validator(["shard", "compression"])
+def _shard_without_powersgd(values) -> bool:
+    return _check(values["shard"] == "none" or values["compression"] != "powersgd",
+                  f"--shard={values['shard']} with --compression=powersgd: PowerSGD keeps error feedback "
+                  "for every weight on every replica, which sharded state does not pair with. Use "
+                  "--compression=none, fp16 or bf16 with --shard.")
+
+
 # Flags each strategy does not take, with their defaults.
 _NOT_FOR = {
     "split": (("microbatches", None), ("schedule", "gpipe"), ("rematerialize", False),
-              ("compression", "none")),
-    "gpipe": (("compression", "none"),),
-    "auto": (("microbatches", None), ("compression", "none"), ("balance", "auto"), ("schedule", "gpipe"),
-             ("rematerialize", False), ("data_parallel", 1)),
+              ("compression", "none"), ("shard", "none")),
+    "gpipe": (("compression", "none"), ("shard", "none")),
+    "auto": (("microbatches", None), ("compression", "none"), ("shard", "none"), ("balance", "auto"),
+             ("schedule", "gpipe"), ("rematerialize", False), ("data_parallel", 1)),
     "mirrored": (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False), ("data_parallel", 1)),
-    "multi_worker": (("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False),
+    "multi_worker": (("shard", "none"), ("balance", "auto"), ("schedule", "gpipe"), ("rematerialize", False),
                      ("data_parallel", 1)),
 }
 
 
 @flags.multi_flags_validator(["strategy", "microbatches", "schedule", "rematerialize", "compression",
-                              "balance", "data_parallel"])
+                              "shard", "balance", "data_parallel"])
 def _flags_of_the_strategy(values) -> bool:
     strategy = values["strategy"]
     for name, default in _NOT_FOR[strategy]:
@@ -119,6 +130,8 @@ def _flags_of_the_strategy(values) -> bool:
         if name == "compression":
             raise flags.ValidationError(
                 f"--compression applies to --strategy=mirrored or multi_worker (data parallel). {received}")
+        if name == "shard":
+            raise flags.ValidationError(f"--shard applies to --strategy=mirrored. {received}")
         if strategy == "auto" and name in ("microbatches", "compression"):
             raise flags.ValidationError(
                 f"--{name} does not apply to --strategy=auto: the planner chooses the layout. "
@@ -205,7 +218,8 @@ def _strategy(tfpar):
         try:
             return tfpar.strategies.DataParallel(
                 FLAGS.devices, microbatches=FLAGS.microbatches or 1,
-                compression=None if FLAGS.compression == "none" else FLAGS.compression)
+                compression=None if FLAGS.compression == "none" else FLAGS.compression,
+                shard=None if FLAGS.shard == "none" else FLAGS.shard)
         except ValueError as error:
             raise app.UsageError(f"--devices: {error}{_VIRTUAL_HINT}") from error
     return None  # PIPELINES and auto: made once the model is known
