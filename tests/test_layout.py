@@ -17,6 +17,7 @@ COVERED_BY = {
     "tfpar/bench/timing.py": ["tests/bench/test_bench_data_parallel.py"],
     "tfpar/bench/torch_peer.py": ["tests/bench/test_bench_pipeline.py"],
     "tfpar/comm/all_reduce.py": ["tests/comm/test_powersgd.py", "tests/strategies/test_data_parallel.py"],
+    "tfpar/comm/reduce_scatter.py": ["tests/replication/test_optimizer_shards.py"],
     "tfpar/comm/compression.py": ["tests/strategies/test_data_parallel.py", "tests/test_clipping.py"],
     "tfpar/describe.py": ["tests/pipeline/test_placement.py", "tests/strategies/test_shared_layers.py"],
     "tfpar/launch.py": ["tests/cluster/test_launch.py"],

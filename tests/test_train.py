@@ -84,10 +84,11 @@ def test_bad_flags_are_rejected_before_training(argv, message):
         run(argv)
 
 
-def test_shard_flag_trains_with_the_optimizer_state_in_shares(capsys):
-    run(["--devices=2", "--epochs=2", "--shard=optimizer", "--save="])
+@pytest.mark.parametrize("level", ["optimizer", "gradients"])
+def test_shard_flag_trains_with_the_state_in_shares(capsys, level):
+    run(["--devices=2", "--epochs=2", f"--shard={level}", "--save="])
     out = capsys.readouterr().out
-    assert "shard='optimizer'" in out and held_out_accuracy(out) > 0.5  # 0.1 is chance
+    assert f"shard='{level}'" in out and held_out_accuracy(out) > 0.5  # 0.1 is chance
 
 
 def test_gpipe_flags_train_and_print_the_placement(capsys):

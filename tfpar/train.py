@@ -43,9 +43,9 @@ flags.DEFINE_integer("data_parallel", 1,
 flags.DEFINE_enum("compression", "none", ["none", "fp16", "bf16", "powersgd"],
                   "How data-parallel gradients travel (mirrored; for multi_worker give it to "
                   "tfpar.launch): cast to fp16/bf16, or PowerSGD rank-2 factors.")
-flags.DEFINE_enum("shard", "none", ["none", "optimizer"],
+flags.DEFINE_enum("shard", "none", ["none", "optimizer", "gradients"],
                   "mirrored: optimizer = each replica holds the optimizer state of its share of "
-                  "the weights (ZeRO-1).")
+                  "the weights (ZeRO-1); gradients = and only its share's summed gradient (ZeRO-2).")
 flags.DEFINE_string("balance", "auto",
                     "Layers per stage (split, gpipe): params, flops, time, a list such as 5,3, or "
                     "auto (the encoder/decoder split for the transformer on 2 devices, else params).")

@@ -62,6 +62,9 @@ class Idiom:
     # smaller batch to it, so the micro-batch column, whose mechanics the
     # other idioms cover, leaves it out.
     per_sample: bool = False
+    # Keras' gradient_accumulation_steps: ZeRO-2 (shard="gradients") must
+    # refuse it (its buffers are the gradient state ZeRO-2 shards).
+    accumulates: bool = False
 
     def fit_kwargs(self, extra: dict) -> dict:
         return {"batch_size": self.batch, "epochs": EPOCHS, "shuffle": False, "verbose": 0, **extra}
@@ -792,11 +795,12 @@ IDIOMS = [
     Idiom("clipvalue, SGD", _seeded(clipped(lambda: keras.optimizers.SGD(0.5, clipvalue=0.01))),
           plain_data),
     Idiom("gradient_accumulation_steps=2, SGD",
-          _seeded(clipped(lambda: keras.optimizers.SGD(0.05, gradient_accumulation_steps=2))), plain_data),
+          _seeded(clipped(lambda: keras.optimizers.SGD(0.05, gradient_accumulation_steps=2))), plain_data,
+          accumulates=True),
     Idiom("gradient_accumulation_steps=2, AdamW, global_clipnorm",
           _seeded(clipped(lambda: keras.optimizers.AdamW(0.01, gradient_accumulation_steps=2,
                                                          global_clipnorm=0.05))),
-          plain_data, atol=ADAM_ATOL),
+          plain_data, atol=ADAM_ATOL, accumulates=True),
     Idiom("Transformer recipe: AdamW, warmup + cosine decay, global_clipnorm=1.0",
           _seeded(transformer_recipe), transformer_data, atol=ADAM_ATOL),
     Idiom("TextVectorization inside the model (string inputs)", _seeded(text_vectorization_classifier),

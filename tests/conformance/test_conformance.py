@@ -31,6 +31,7 @@ STRATEGIES = {
     "DataParallel(2)": lambda: DataParallel(2),
     "DataParallel(2, microbatches=2)": lambda: DataParallel(2, microbatches=2),
     "DataParallel(2, shard=optimizer)": lambda: DataParallel(2, shard="optimizer"),
+    "DataParallel(2, shard=gradients)": lambda: DataParallel(2, shard="gradients"),
     "ModelSplit(2)": lambda: ModelSplit(2),
     "GPipe(2, M=2, gpipe)": lambda: GPipe(2, microbatches=2),
     "GPipe(2, M=4, 1f1b, remat)": lambda: GPipe(2, microbatches=4, schedule="1f1b", rematerialize=True),
@@ -136,6 +137,8 @@ def test_idiom_trains_like_one_device(name, label):
     if not isinstance(strategy, PipelineStrategy) and strategy.microbatches > 1 \
             and idiom.own_train_step:
         refusal = r"overrides \['train_step'\], which tfpar runs as it is and cannot cut"
+    if not isinstance(strategy, PipelineStrategy) and strategy.shard == "gradients" and idiom.accumulates:
+        refusal = r"shard='gradients' with gradient_accumulation_steps=2: Keras accumulates"
     if refusal:
         before = weights_of(model)
         with pytest.raises(ValueError, match=refusal):

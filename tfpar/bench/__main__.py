@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 
-from tfpar.bench import data_parallel, hybrid, multi_worker, pipeline, plan
+from tfpar.bench import data_parallel, hybrid, multi_worker, pipeline, plan, sharded
 
 BENCHMARKS = {"data_parallel": data_parallel, "pipeline": pipeline, "multi_worker": multi_worker,
-              "hybrid": hybrid, "plan": plan}
+              "hybrid": hybrid, "plan": plan, "sharded": sharded}
 
 
 def run(argv: list[str] | None = None) -> dict:

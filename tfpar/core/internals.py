@@ -19,6 +19,7 @@ import contextlib
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import gen_collective_ops
 from keras.src.backend.tensorflow.trainer import reduce_per_replica as _reduce_per_replica
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.saving import object_registration as _object_registration
@@ -275,6 +276,42 @@ def set_communication_options(extended, options) -> None:
     extended._communication_options = options  # pylint: disable=protected-access
 
 
+class _Launcher:
+    """One replica's launcher of the strategy's collective ops, for the
+    collectives tf.distribute has no API for (an all-to-all)."""
+
+    def __init__(self, launcher):
+        self._launcher = launcher
+
+    def all_to_all(self, rows: tf.Tensor) -> tf.Tensor:
+        launcher = self._launcher
+        key = launcher._next_instance_key()  # pylint: disable=protected-access
+        token = launcher._get_ordering_token()  # pylint: disable=protected-access
+        with tf.device(launcher._device):  # pylint: disable=protected-access
+            return gen_collective_ops.collective_all_to_all_v2(
+                rows, group_size=launcher._group_size, group_key=launcher._group_key,  # pylint: disable=protected-access
+                instance_key=key, ordering_token=[] if token is None else [token],
+                communication_hint="auto", timeout_seconds=0, is_stateless=False)
+
+
+def collective_launcher(strategy, context) -> _Launcher:
+    """The launcher of this replica's collectives (MirroredStrategy and
+    MultiWorkerMirroredStrategy keep one per local device).
+
+    Raises:
+      ValueError: the strategy does not reduce with TensorFlow's collective
+        ops (e.g. `all_reduce="reduce_to_one"`).
+    """
+    ops = strategy.extended._cross_device_ops  # pylint: disable=protected-access
+    launchers = getattr(ops, "_launchers", None)
+    if not launchers:
+        raise ValueError(
+            f"This needs TensorFlow's collective ops, but the strategy reduces with "
+            f"{type(ops).__name__}. Use all_reduce='auto' or 'ring'.")
+    local = tf.get_static_value(context.replica_id_in_sync_group) % len(launchers)
+    return _Launcher(launchers[local])
+
+
 def reduce_per_replica(value, strategy, reduction: str):
     """Keras' reduction of a step's per-replica outputs (its train function's)."""
     return _reduce_per_replica(value, strategy, reduction=reduction)
@@ -360,6 +397,21 @@ def rows_added_across_replicas(optimizer: keras.optimizers.Optimizer, variables)
         inner.shared_rows = frozenset()
 
 
+@contextlib.contextmanager
+def presummed(optimizer: keras.optimizers.Optimizer, variables):
+    """For the duration (a train step's `apply`), the gradients of
+    `variables` are already the replicas' sum (a micro-batched step's
+    reduce-scattered shares, ZeRO-2): a `summed_update_optimizer` uses them
+    as they are."""
+    inner = (optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+             else optimizer)
+    inner.presummed = frozenset(inner._var_key(v) for v in variables)  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        inner.presummed = frozenset()
+
+
 _SUMMED_CLASSES = {}
 
 
@@ -381,6 +433,9 @@ class _SummedUpdates:
     # updates live in the replicas' shares; this optimizer keeps its own
     # variables (step count, learning rate, accumulators) and clips.
     shards = None
+    # Keys of weights whose gradients reach `apply` already summed across
+    # the replicas (see presummed).
+    presummed = frozenset()
 
     def build(self, variables):
         if self.shards is None:
@@ -395,17 +450,32 @@ class _SummedUpdates:
         self._update_summed(self._summed(grads, trainable_variables), trainable_variables, learning_rate)
 
     def _summed(self, grads, trainable_variables):
-        """The replicas' sum of each gradient, as one device computes it."""
+        """The replicas' sum of each gradient, as one device computes it.
+        At shard="gradients", a dense gradient is summed only in the replica
+        that owns its weight (reduce-scattered; None in the others)."""
         context = tf.distribute.get_replica_context()
+        summed = list(grads)
+        todo = [i for i, v in enumerate(trainable_variables) if self._var_key(v) not in self.presummed]
+        if self.shards is not None and self.shards.scatters and context is not None:
+            dense = [i for i in todo if not isinstance(grads[i], tf.IndexedSlices)]
+            for i, g in zip(dense, self.shards.summed_shares([grads[i] for i in dense],
+                                                             [trainable_variables[i] for i in dense])):
+                summed[i] = g
+            todo = [i for i in todo if i not in set(dense)]
+        if not todo:
+            return summed
+        grads, trainable_variables = [grads[i] for i in todo], [trainable_variables[i] for i in todo]
         if self.communication is not None and context is not None:
-            summed = self.communication(list(zip(grads, trainable_variables)))
+            reduced = self.communication(list(zip(grads, trainable_variables)))
         else:
             variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-            summed = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
+            reduced = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
         replicas = context.num_replicas_in_sync if context is not None else 1
-        return [_rows_added(g, local, replicas)
-                if replicas > 1 and isinstance(g, tf.IndexedSlices) and self._var_key(v) in self.shared_rows
-                else g for g, local, v in zip(summed, grads, trainable_variables)]
+        for i, g, local, v in zip(todo, reduced, grads, trainable_variables):
+            summed[i] = (_rows_added(g, local, replicas)
+                         if replicas > 1 and isinstance(g, tf.IndexedSlices) and self._var_key(v) in self.shared_rows
+                         else g)
+        return summed
 
     def _update_summed(self, grads, trainable_variables, learning_rate):
         grads = self._clip_summed(grads, trainable_variables)
@@ -417,13 +487,19 @@ class _SummedUpdates:
             list(zip(grads, variables)), learning_rate)
 
     def _clip_summed(self, grads, trainable_variables):
-        if not (self.global_clipnorm and self.global_clipnorm > 0) or self.norm_keys is None:
+        scattered = self.shards is not None and self.shards.scatters
+        if not (self.global_clipnorm and self.global_clipnorm > 0) or (self.norm_keys is None and not scattered):
             return super()._clip_gradients(grads)
-        # Keras' clip_by_global_norm, with the norm of one replica's gradients.
-        counted = [g for g, v in zip(grads, trainable_variables)
-                   if g is not None and self._var_key(v) in self.norm_keys]
-        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.stack([keras.ops.sum(keras.ops.square(g))
-                                                             for g in counted])))
+        # Keras' clip_by_global_norm, with the norm of one replica's
+        # gradients, or (shards) of every replica's share.
+        counted = [g for g, v in zip(grads, trainable_variables) if g is not None and (
+            self.shards.owns(v) if scattered else self._var_key(v) in self.norm_keys)]
+        squares = (keras.ops.sum(keras.ops.stack([keras.ops.sum(keras.ops.square(g)) for g in counted]))
+                   if counted else keras.ops.zeros((), "float32"))  # a replica that owns no gradient
+        context = tf.distribute.get_replica_context()
+        if scattered and context is not None:
+            squares = context.all_reduce(tf.distribute.ReduceOp.SUM, squares)
+        norm = keras.ops.sqrt(squares)
         clip = self.global_clipnorm
         scale = clip * keras.ops.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
         return [g * scale if g is not None else g for g in grads]

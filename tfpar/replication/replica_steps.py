@@ -12,6 +12,9 @@ Keras' own steps (TensorFlow trainer, Keras 3.15) with three additions:
   alive at a time. Each micro-batch's mean loss counts by its share of the
   replica's rows, so the summed gradient is the share's: the optimizer then
   all-reduces once per step, as without micro-batches.
+- Sharded gradients (ZeRO-2, `optimizer_shards`) with micro-batches:
+  each micro-batch's dense gradients are reduce-scattered as they are
+  made, so the running sum a replica keeps is its own share's.
 - Lookups (embeddings) whose ids do not depend on the batch: each
   replica's rows are added once, as one device has them (`lookups`).
 
@@ -64,6 +67,8 @@ class ReplicaSteps:
             shares = [micro.share(m, tf.float32) for m in range(k)]
         loss, predictions, previous, first_grads = None, [], [], None
         dense, sparse = [None] * len(variables), [[] for _ in variables]
+        shards = _scattering_shards(model.optimizer) if k > 1 else None
+        elsewhere = set()  # weights whose summed gradient another replica keeps
         for (part_x, part_y, part_weights), share in zip(parts, shares):
             # One micro-batch's activations at a time: its forward waits for
             # the previous micro-batch's gradients.
@@ -79,6 +84,8 @@ class ReplicaSteps:
             # Whose rows are per sample, read from one micro-batch's own
             # gradients (their combination is a cond over all of them).
             first_grads = first_grads or part_grads
+            if shards is not None:
+                part_grads = _scattered(shards, part_grads, variables, elsewhere)
             for i, grad in enumerate(part_grads):
                 if isinstance(grad, tf.IndexedSlices):
                     sparse[i].append(grad)
@@ -91,6 +98,11 @@ class ReplicaSteps:
             predictions.append(y_pred)
         batch = [t for t in keras.tree.flatten(data) if t is not None]
         grads = [microbatch.summed_gradient(d, rows, batch) for d, rows in zip(dense, sparse)]
+        presummed = []
+        if shards is not None:
+            presummed = [v for g, v in zip(grads, variables) if g is not None and not isinstance(g, tf.IndexedSlices)]
+            presummed += [variables[i] for i in elsewhere]
+            grads = [shards.elsewhere(v) if i in elsewhere else g for i, (g, v) in enumerate(zip(grads, variables))]
         _track_loss(model, loss, marks, x)
         if variables:
             # Last layers first: their gradients exist first in the backward,
@@ -98,7 +110,8 @@ class ReplicaSteps:
             # so the first packs can travel while earlier layers' gradients
             # are still being computed. Each weight's update is its own, so
             # the order changes nothing else.
-            with internals.rows_added_across_replicas(model.optimizer, _shared_lookups(first_grads, variables, data)):
+            with internals.rows_added_across_replicas(model.optimizer, _shared_lookups(first_grads, variables, data)), \
+                    internals.presummed(model.optimizer, presummed):
                 model.optimizer.apply_gradients(zip(grads[::-1], variables[::-1]))
         else:
             warnings.warn("The model does not have any trainable weights.")
@@ -181,6 +194,27 @@ def _track_loss(model, loss, marks, x=None) -> None:
     scale = tf.cast(tf.reduce_max(marks), loss.dtype)
     per_real = tf.math.divide_no_nan(internals.unscale_loss_for_distribution(loss) * share, scale * real)
     internals.loss_tracker(model).update_state(per_real, sample_weight=real)
+
+
+def _scattering_shards(optimizer):
+    """The ZeRO-2 shards of tfpar's optimizer twin, or None."""
+    inner = (optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+             else optimizer)
+    shards = getattr(inner, "shards", None)
+    return shards if shards is not None and shards.scatters else None
+
+
+def _scattered(shards, grads, variables, elsewhere: set) -> list:
+    """One micro-batch's gradients with the dense ones reduce-scattered:
+    this replica's share summed over the replicas, None for the others'
+    (their indices added to `elsewhere`). Sparse ones stay as they are."""
+    grads = list(grads)
+    dense = [i for i, g in enumerate(grads) if g is not None and not isinstance(g, tf.IndexedSlices)]
+    for i, summed in zip(dense, shards.summed_shares([grads[i] for i in dense], [variables[i] for i in dense])):
+        grads[i] = summed
+        if summed is None:
+            elsewhere.add(i)
+    return grads
 
 
 def _shared_lookups(grads, variables, data) -> list:

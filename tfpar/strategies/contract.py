@@ -17,6 +17,7 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
+from tfpar.comm import compression as compression_lib
 from tfpar.core import in_place, inputs
 from tfpar.replication import input_shares, optimizer_shards, replica_steps, speed_shares
 from tfpar.replication.replica_model import replicated
@@ -164,9 +165,10 @@ class _Distribute:
 
     def recreate(self, model: keras.Model) -> keras.Model:
         shards = None
-        if self.shard == "optimizer":
+        if self.shard is not None:
+            wire = compression_lib.WIRE_DTYPES.get(self.compression) if isinstance(self.compression, str) else None
             shards = lambda optimizer, variables: optimizer_shards.OptimizerShards(  # noqa: E731
-                optimizer, variables, self.strategy)
+                optimizer, variables, self.strategy, level=self.shard, wire_dtype=wire)
         self._adoption = in_place.Adoption(model, self.strategy, self.communication, shards)
         return self._adoption.adopt()
 
@@ -184,6 +186,8 @@ class _Distribute:
                 f"shard={self.shard!r} shares the optimizer state through tfpar's optimizer, but "
                 f"model {model.name!r} was built in the strategy's scope and trains with its own. "
                 "Build the model outside the scope (fit_distributed moves it in).")
+        if self._adoption is not None:
+            optimizer_shards.check_optimizer(self.shard, self._adoption.optimizer, self.microbatches)
         if self.communication is not None:
             if self._adoption is None:
                 warnings.warn(

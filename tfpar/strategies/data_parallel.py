@@ -71,12 +71,15 @@ class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
         training stays the one-device training (`speed_shares`). "measure"
         times the model's forward and backward on each device when
         training starts (`device_speeds`). Not with microbatches > 1.
-      shard: None (every replica holds the whole optimizer state) or
+      shard: None (every replica holds the whole optimizer state),
         "optimizer" (ZeRO-1): in `fit_distributed`, each replica holds the
         optimizer state (Adam's moments, any slot) of its share of the
         weights, balanced by bytes, and updates only those; one all-gather
-        per step brings the updated weights to every replica. Training is
-        unchanged (`tfpar.replication.optimizer_shards`). Not with PowerSGD.
+        per step brings the updated weights to every replica; or
+        "gradients" (ZeRO-2): in addition, the gradients are
+        reduce-scattered, so each replica keeps only its share's sum (with
+        micro-batches, its running sum too). Training is unchanged
+        (`tfpar.replication.optimizer_shards`). Not with PowerSGD.
 
     Example:
         >>> devices = tfpar.configure_devices(cpu=2)
@@ -97,7 +100,7 @@ class DataParallel(input_shares.SharedInput, tf.distribute.MirroredStrategy):
         shard: str | None = None,
     ):
         compression_lib.check_options(all_reduce, ALL_REDUCE, compression, bytes_per_pack)
-        optimizer_shards.check_shard(shard, compression_lib.resolve(compression))
+        optimizer_shards.check_shard(shard, compression_lib.resolve(compression), all_reduce)
         checks.whole_number("microbatches", microbatches, minimum=1)
         names = devices_lib.resolve(devices)
         speed_shares.check_speeds(device_speeds, len(names))
